@@ -1,0 +1,3 @@
+from mmaudio_mcp.cli import main
+
+main()
