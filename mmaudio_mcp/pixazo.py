@@ -1,0 +1,286 @@
+"""Typed async client for Pixazo's MMAudio v2 endpoints: submit, status and the media download.
+
+Retries only where they cannot cost money twice: the submit is retried on 429 (honouring Retry-After) and on
+failures that happen before the request left this machine; status polls are retried on any transient failure.
+The API key travels only in the gateway's header, never to the media CDN and never into any text.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from contextlib import asynccontextmanager
+from email.utils import parsedate_to_datetime
+from time import time
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from urllib.parse import quote, urlsplit
+
+import httpx2
+import stamina
+from pydantic import SecretStr, ValidationError
+
+from mmaudio_mcp.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    ForbiddenError,
+    InsufficientBalanceError,
+    MediaError,
+    MediaTooLargeError,
+    NetworkError,
+    RateLimitedError,
+    SubmissionUncertainError,
+    UnknownJobError,
+    UpstreamError,
+    UpstreamUnavailableError,
+)
+from mmaudio_mcp.models import GenerationParams, StatusReply, SubmitReply
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable
+
+logger = logging.getLogger(__name__)
+_Reply = TypeVar("_Reply", SubmitReply, StatusReply)
+
+SUBMIT_PATH: Final = "/mmaudio-v2-text-to-audio/v1/mmaudio-v2-text-to-audio-request"
+STATUS_PATH: Final = "/v2/requests/status/{request_id}"
+KEY_HEADER: Final = "Ocp-Apim-Subscription-Key"
+DEFAULT_TIMEOUT: Final = httpx2.Timeout(30.0, connect=10.0)
+MAX_RETRY_AFTER: Final = 30.0
+MAX_REDIRECTS: Final = 5
+_NOT_SENT: Final = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
+_MISSING_KEY: Final = (
+    "No Pixazo API key is configured. Set the PIXAZO_API_KEY environment variable (in your MCP host's config, "
+    "under env) to your Pixazo subscription key, or run `mmaudio-mcp serve --sandbox` to try the server offline."
+)
+
+
+def new_http_client(transport: httpx2.AsyncBaseTransport | None = None) -> httpx2.AsyncClient:
+    """Build the one HTTP client (and connection pool) the server uses for its whole life."""
+    return httpx2.AsyncClient(transport=transport, timeout=DEFAULT_TIMEOUT, follow_redirects=False)
+
+
+class PixazoClient:
+    """Pixazo's MMAudio v2 API over a shared `httpx2.AsyncClient`."""
+
+    def __init__(self, http: httpx2.AsyncClient, api_key: SecretStr | None, base_url: str) -> None:
+        self._http = http
+        self._key = api_key
+        self._base_url = base_url.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"PixazoClient(base_url={self._base_url!r}, api_key={'***' if self._key else None})"
+
+    @property
+    def has_key(self) -> bool:
+        return self._key is not None
+
+    async def submit(self, params: GenerationParams) -> SubmitReply:
+        """Ask Pixazo for one job; never resend once the request may have reached the service."""
+        async for attempt in stamina.retry_context(on=_submit_backoff, attempts=4, timeout=90.0, wait_max=10.0):
+            with attempt:
+                return await self._submit_once(params)
+        raise AssertionError("unreachable: stamina re-raises the last failure")  # pragma: no cover
+
+    async def status(self, request_id: str) -> StatusReply:
+        """Read a job's status, retrying transient failures with backoff and jitter."""
+        async for attempt in stamina.retry_context(on=_status_backoff, attempts=4, timeout=30.0, wait_max=5.0):
+            with attempt:
+                return await self._status_once(request_id)
+        raise AssertionError("unreachable: stamina re-raises the last failure")  # pragma: no cover
+
+    @asynccontextmanager
+    async def stream_media(self, url: str, *, max_bytes: int) -> AsyncGenerator[AsyncIterator[bytes]]:
+        """Open the media URL (without credentials) and yield its body as chunks, capped at max_bytes."""
+        response = await self._open_media(url)
+        try:
+            _check_media_response(response, max_bytes)
+            yield _capped(response.aiter_bytes(), max_bytes)
+        finally:
+            await response.aclose()
+
+    async def _submit_once(self, params: GenerationParams) -> SubmitReply:
+        url = self._base_url + SUBMIT_PATH
+        try:
+            response = await self._http.post(url, json=params.model_dump(), headers=self._headers())
+        except _NOT_SENT as exc:
+            raise NetworkError(_unreachable(exc), before_sending=True) from exc
+        except httpx2.HTTPError as exc:
+            raise SubmissionUncertainError(
+                f"The submit to Pixazo failed after it was sent ({type(exc).__name__}), so the job may exist and "
+                "may be billed. It was not resent, to avoid paying twice: check your Pixazo dashboard before retrying."
+            ) from exc
+        if response.status_code != 202 and response.status_code != 200:
+            raise _error_from_response(response, during="submit")
+        return _parse(SubmitReply, response)
+
+    async def _status_once(self, request_id: str) -> StatusReply:
+        url = self._base_url + STATUS_PATH.format(request_id=quote(request_id, safe=""))
+        try:
+            response = await self._http.get(url, headers=self._headers())
+        except httpx2.HTTPError as exc:
+            raise NetworkError(_unreachable(exc), before_sending=isinstance(exc, _NOT_SENT)) from exc
+        if response.status_code == 404:
+            raise UnknownJobError(f"Pixazo does not know request_id {request_id!r} (404).")
+        if response.status_code != 200:
+            raise _error_from_response(response, during="status")
+        return _parse(StatusReply, response)
+
+    def _headers(self) -> dict[str, str]:
+        if self._key is None:
+            raise ConfigurationError(_MISSING_KEY)
+        return {KEY_HEADER: self._key.get_secret_value(), "Cache-Control": "no-cache"}
+
+    async def _open_media(self, url: str) -> httpx2.Response:
+        for _ in range(MAX_REDIRECTS + 1):
+            _check_media_url(url)
+            try:
+                request = self._http.build_request("GET", url)
+                response = await self._http.send(request, stream=True)
+            except httpx2.HTTPError as exc:
+                raise MediaError(f"Could not download the audio ({type(exc).__name__}); try again.") from exc
+            if not response.is_redirect:
+                return response
+            await response.aclose()
+            next_url = str(response.next_request.url) if response.next_request else ""
+            if urlsplit(url).scheme == "https" and urlsplit(next_url).scheme != "https":
+                raise MediaError("The audio URL redirected from https to another scheme; refusing to follow it.")
+            url = next_url
+        raise MediaError(f"The audio URL redirected more than {MAX_REDIRECTS} times; refusing to follow it.")
+
+
+def _submit_backoff(exc: Exception) -> bool | float:
+    if isinstance(exc, RateLimitedError):
+        return exc.retry_after if exc.retry_after is not None else True
+    return isinstance(exc, NetworkError) and exc.before_sending
+
+
+def _status_backoff(exc: Exception) -> bool | float:
+    if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+        return exc.retry_after
+    return isinstance(exc, RateLimitedError | UpstreamUnavailableError | NetworkError)
+
+
+def _unreachable(exc: httpx2.HTTPError) -> str:
+    return f"Could not reach Pixazo ({type(exc).__name__}). Check the network and PIXAZO_GATEWAY_URL, then try again."
+
+
+def _parse(model: type[_Reply], response: httpx2.Response) -> _Reply:
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise UpstreamUnavailableError(
+            f"Pixazo answered HTTP {response.status_code} with a body this client cannot read; try again later.",
+            status_code=response.status_code,
+        ) from exc
+
+
+def _error_from_response(response: httpx2.Response, *, during: str) -> UpstreamError:
+    """Turn an error answer into a typed error whose message says what happened and what to do."""
+    code = response.status_code
+    detail = _upstream_detail(response)
+    factories: dict[int, Callable[[], UpstreamError]] = {
+        400: lambda: BadRequestError(
+            f"Pixazo rejected the request (400){detail}. Check the parameters.", status_code=code
+        ),
+        401: lambda: AuthenticationError(
+            f"Pixazo rejected the API key (401){detail}. Check PIXAZO_API_KEY: it must be a valid Pixazo "
+            "subscription key.",
+            status_code=code,
+        ),
+        402: lambda: InsufficientBalanceError(
+            f"Pixazo says the balance is insufficient (402){detail}: top up the account; nothing was generated.",
+            status_code=code,
+        ),
+        403: lambda: ForbiddenError(
+            f"Pixazo refused access (403){detail}: the key is not allowed to use MMAudio v2; check the subscription.",
+            status_code=code,
+        ),
+        429: lambda: RateLimitedError(
+            f"Pixazo is rate-limiting requests (429){detail}; wait a little and try again.",
+            retry_after=_retry_after(response),
+        ),
+    }
+    if code in factories:
+        return factories[code]()
+    if during == "submit" and code >= 500:
+        return UpstreamUnavailableError(
+            f"Pixazo failed while accepting the job (HTTP {code}){detail}. The job may or may not exist; it was not "
+            "resent, to avoid paying twice. Try again in a minute.",
+            status_code=code,
+        )
+    return UpstreamUnavailableError(f"Pixazo answered HTTP {code}{detail}; try again in a minute.", status_code=code)
+
+
+def _upstream_detail(response: httpx2.Response) -> str:
+    """Quote Pixazo's own `message` when the body is the documented JSON; say nothing for HTML or empty bodies."""
+    try:
+        body: Any = json.loads(response.content)
+    except ValueError:
+        return ""
+    fields = cast("dict[str, object]", body) if isinstance(body, dict) else {}
+    message = fields.get("message") or fields.get("error")
+    if not isinstance(message, str) or not message.strip():
+        return ""
+    text = " ".join(message.split())[:200]
+    key = response.request.headers.get(KEY_HEADER)
+    return f': "{text.replace(key, "***") if key else text}"'
+
+
+def _retry_after(response: httpx2.Response) -> float | None:
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _check_media_url(url: str) -> None:
+    """Allow https anywhere, and plain http only to loopback (the sandbox)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        return
+    raise MediaError(f"Refusing to download audio from {parts.scheme or 'a'}:// URL: only https is allowed.")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_media_response(response: httpx2.Response, max_bytes: int) -> None:
+    if response.status_code == 404:
+        raise MediaError("The audio file is not (or no longer) available at its URL (404).")
+    if response.status_code != 200:
+        raise MediaError(f"The audio download failed with HTTP {response.status_code}; try again.")
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise MediaTooLargeError(f"The audio is {int(declared):,} bytes, over the {max_bytes:,}-byte download cap.")
+
+
+async def _capped(chunks: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator[bytes]:
+    received = 0
+    try:
+        async for chunk in chunks:
+            received += len(chunk)
+            if received > max_bytes:
+                raise MediaTooLargeError(f"The audio is larger than the {max_bytes:,}-byte download cap.")
+            yield chunk
+    except httpx2.HTTPError as exc:
+        raise MediaError(f"The audio download broke off ({type(exc).__name__}); try again.") from exc
+
+
+__all__ = ["KEY_HEADER", "STATUS_PATH", "SUBMIT_PATH", "PixazoClient", "new_http_client"]

@@ -1,0 +1,71 @@
+"""Configuration: environment variables (and an explicit .env file), overridden by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_GATEWAY_URL = "https://gateway.pixazo.ai"
+APP_NAME = "mmaudio-mcp"
+
+
+def _default_output_dir() -> Path:
+    from platformdirs import user_music_path
+
+    return user_music_path() / APP_NAME
+
+
+def _default_state_dir() -> Path:
+    from platformdirs import user_state_path
+
+    return user_state_path(APP_NAME)
+
+
+class Settings(BaseSettings):
+    """Everything the server reads from its environment. Nothing is read at import time."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+
+    api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("PIXAZO_API_KEY", "api_key"))
+    gateway_url: str = Field(
+        default=DEFAULT_GATEWAY_URL, validation_alias=AliasChoices("PIXAZO_GATEWAY_URL", "gateway_url")
+    )
+    output_dir: Path = Field(
+        default_factory=_default_output_dir, validation_alias=AliasChoices("MMAUDIO_OUTPUT_DIR", "output_dir")
+    )
+    state_dir: Path = Field(
+        default_factory=_default_state_dir, validation_alias=AliasChoices("MMAUDIO_STATE_DIR", "state_dir")
+    )
+    wait_seconds: float = Field(
+        default=40.0, ge=0, le=300, validation_alias=AliasChoices("MMAUDIO_WAIT_SECONDS", "wait_seconds")
+    )
+    http_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("MMAUDIO_HTTP_TOKEN", "http_token")
+    )
+
+    @field_validator("api_key", "http_token", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("output_dir", "state_dir")
+    @classmethod
+    def _expand_user(cls, value: Path) -> Path:
+        return value.expanduser()
+
+
+def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from the environment (and env_file, if given), with non-None overrides taking precedence."""
+    given = {name: value for name, value in overrides.items() if value is not None}
+    return Settings(_env_file=env_file, **given)  # pyright: ignore[reportCallIssue]
+
+
+__all__ = ["DEFAULT_GATEWAY_URL", "Settings", "load_settings"]
