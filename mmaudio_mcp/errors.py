@@ -6,6 +6,7 @@ The hierarchy:
     ├── ConfigurationError            missing_api_key: the server cannot call Pixazo at all
     ├── InvalidArgumentError          invalid_argument: a tool argument we refuse before any network call
     ├── UnknownJobError               unknown_job: no job with this request_id, here or upstream
+    ├── JobNotReadyError              not_ready: the job has not finished, so there is no audio yet
     ├── UpstreamError                 Pixazo answered with an error status
     │   ├── BadRequestError           400
     │   ├── AuthenticationError       401
@@ -53,6 +54,13 @@ class UnknownJobError(MmaudioError):
     """No job with this request_id is known locally or upstream."""
 
     kind = "unknown_job"
+
+
+class JobNotReadyError(MmaudioError):
+    """The job has not finished yet, so there is no audio to hand over."""
+
+    kind = "not_ready"
+    retryable = True
 
 
 class UpstreamError(MmaudioError):
@@ -159,6 +167,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidAudioError",
     "JobFailedError",
+    "JobNotReadyError",
     "MediaError",
     "MediaTooLargeError",
     "MmaudioError",

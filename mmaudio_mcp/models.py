@@ -17,9 +17,10 @@ _REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
 
 
 class JobStatus(StrEnum):
-    """Where a job is. SUBMITTING is local: the submit was sent but no request_id came back (yet)."""
+    """Where a job is. SUBMITTING and REJECTED are local: no request_id came back (yet), or Pixazo refused the job."""
 
     SUBMITTING = "SUBMITTING"
+    REJECTED = "REJECTED"
     QUEUED = "QUEUED"
     PROCESSING = "PROCESSING"
     COMPLETED = "COMPLETED"
@@ -28,7 +29,7 @@ class JobStatus(StrEnum):
 
     @property
     def is_terminal(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ERROR)
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ERROR, JobStatus.REJECTED)
 
 
 def is_valid_request_id(value: str) -> bool:
@@ -99,12 +100,13 @@ class JobRecord(BaseModel):
     local_id: str
     request_id: str | None = None
     status: JobStatus = JobStatus.SUBMITTING
-    params: GenerationParams
+    params: GenerationParams | None = Field(default=None, description="None for a job made elsewhere and adopted.")
     created_at: datetime
     submitted_at: datetime | None = None
     updated_at: datetime
     completed_at: datetime | None = None
     media_url: str | None = None
+    run_seconds: float | None = Field(default=None, description="How long Pixazo took, for learning the ETA.")
     error: JobError | None = None
     file: AudioFile | None = None
 
@@ -114,7 +116,7 @@ class AudioJob(BaseModel):
 
     request_id: str
     status: JobStatus
-    params: GenerationParams
+    params: GenerationParams | None = None
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None = None

@@ -72,9 +72,10 @@ class PixazoClient:
     def __repr__(self) -> str:
         return f"PixazoClient(base_url={self._base_url!r}, api_key={'***' if self._key else None})"
 
-    @property
-    def has_key(self) -> bool:
-        return self._key is not None
+    def require_key(self) -> None:
+        """Fail early, with instructions, when no API key is configured."""
+        if self._key is None:
+            raise ConfigurationError(_MISSING_KEY)
 
     async def submit(self, params: GenerationParams) -> SubmitReply:
         """Ask Pixazo for one job; never resend once the request may have reached the service."""
@@ -128,8 +129,8 @@ class PixazoClient:
         return _parse(StatusReply, response)
 
     def _headers(self) -> dict[str, str]:
-        if self._key is None:
-            raise ConfigurationError(_MISSING_KEY)
+        self.require_key()
+        assert self._key is not None
         return {KEY_HEADER: self._key.get_secret_value(), "Cache-Control": "no-cache"}
 
     async def _open_media(self, url: str) -> httpx2.Response:

@@ -1,0 +1,444 @@
+"""The job lifecycle: submit once, record durably, wait with one poller per job, download once.
+
+`JobService` knows nothing of MCP: tools, the CLI and tests call it alike and pass a plain async progress callback.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Self
+from uuid import uuid4
+
+import anyio
+
+from mmaudio_mcp.audio import DEFAULT_MAX_BYTES, audio_filename, checked_filename, copy_wav, save_wav, verify_file
+from mmaudio_mcp.errors import (
+    InvalidArgumentError,
+    JobFailedError,
+    JobNotReadyError,
+    MediaError,
+    MmaudioError,
+    SubmissionUncertainError,
+    UnknownJobError,
+    UpstreamUnavailableError,
+)
+from mmaudio_mcp.models import AudioFile, AudioJob, JobError, JobRecord, JobStatus, is_valid_request_id
+from mmaudio_mcp.pixazo import PixazoClient, new_http_client
+from mmaudio_mcp.schedule import (
+    PollPolicy,
+    eta_seconds,
+    expected_seconds,
+    next_poll_delay,
+    progress_message,
+    seconds_per_unit,
+)
+from mmaudio_mcp.store import SqliteJobStore
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Awaitable, Callable
+    from types import TracebackType
+
+    import httpx2
+    from anyio.abc import TaskGroup
+    from pydantic import SecretStr
+
+    from mmaudio_mcp.models import GenerationParams, StatusReply
+    from mmaudio_mcp.store import JobStore
+
+    ProgressCallback = Callable[[float, float | None, str], Awaitable[None]]
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL: Final = 2.0
+HISTORY_SIZE: Final = 50
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Watch:
+    """One job being polled, and everyone waiting on it."""
+
+    record: JobRecord
+    changed: anyio.Event = field(default_factory=anyio.Event)
+    waiters: int = 0
+    done: bool = False
+    failure: MmaudioError | None = None
+    note: str | None = None
+
+    def publish(self, record: JobRecord, *, done: bool = False) -> None:
+        self.record, self.done = record, done or self.done
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
+class JobService:
+    """Generate, wait for and download MMAudio jobs, keeping every job in the store."""
+
+    def __init__(
+        self,
+        client: PixazoClient,
+        store: JobStore,
+        output_dir: Path,
+        *,
+        max_media_bytes: int = DEFAULT_MAX_BYTES,
+        policy: PollPolicy | None = None,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._output_dir = output_dir
+        self._max_media_bytes = max_media_bytes
+        self._policy = policy or PollPolicy()
+        self._watches: dict[str, _Watch] = {}
+        self._file_locks: dict[str, anyio.Lock] = {}
+        self._rate = self._policy.prior_seconds_per_unit
+        self._task_group: TaskGroup | None = None
+
+    async def __aenter__(self) -> Self:
+        await self._learn_rate()
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        assert self._task_group is not None
+        self._task_group.cancel_scope.cancel()
+        return await self._task_group.__aexit__(exc_type, exc, tb)
+
+    # --- the three operations ---------------------------------------------------------------------------------------
+
+    async def generate(
+        self, params: GenerationParams, *, wait_seconds: float, progress: ProgressCallback | None = None
+    ) -> AudioJob:
+        """Submit one job, record it, then wait up to wait_seconds for the audio."""
+        self._client.require_key()
+        record = await self._submit(params)
+        if wait_seconds > 0:
+            record = await self._wait(record, wait_seconds, progress)
+        return self.view(record)
+
+    async def check(
+        self, request_id: str, *, wait_seconds: float = 0, progress: ProgressCallback | None = None
+    ) -> AudioJob:
+        """Report a job: from the store when it is finished, else from Pixazo, waiting if asked."""
+        record = await self._find(request_id)
+        if not record.status.is_terminal:
+            if wait_seconds > 0:
+                record = await self._wait(record, wait_seconds, progress)
+            else:
+                record = await self._refresh(record)
+        if record.status is JobStatus.COMPLETED and record.file is None:
+            record = await self._ensure_file(record)
+        return self.view(record)
+
+    async def download(self, request_id: str, *, filename: str | None = None) -> AudioJob:
+        """Make sure the job's audio is on disk (reusing a verified copy) and describe it."""
+        name = checked_filename(filename) if filename is not None else None
+        record = await self._find(request_id)
+        if not record.status.is_terminal:
+            record = await self._refresh(record)
+        if record.status is not JobStatus.COMPLETED:
+            raise _not_downloadable(self.view(record))
+        record = await self._ensure_file(record, verify=True)
+        file = record.file
+        assert file is not None
+        if name is not None:
+            file = await copy_wav(Path(file.path), file.sha256, self._output_dir / name)
+        return self.view(record).model_copy(update={"file": file})
+
+    async def read_audio(self, request_id: str) -> bytes:
+        """Return the WAV bytes of a finished job, downloading them first if needed."""
+        job = await self.download(request_id)
+        assert job.file is not None
+        return await anyio.Path(job.file.path).read_bytes()
+
+    async def recent(self, limit: int = 20) -> list[JobRecord]:
+        """Return the newest jobs, including ones whose submit never got an answer."""
+        return await self._store.recent(limit)
+
+    def view(self, record: JobRecord) -> AudioJob:
+        """Describe a stored job the way tools report it."""
+        if record.request_id is None:
+            raise UnknownJobError("This job never received a request_id from Pixazo.")
+        elapsed = _elapsed(record)
+        running = not record.status.is_terminal
+        return AudioJob(
+            request_id=record.request_id,
+            status=record.status,
+            params=record.params,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            completed_at=record.completed_at,
+            elapsed_seconds=round(elapsed, 1),
+            eta_seconds=round(eta_seconds(elapsed, self._expected(record)), 1) if running else None,
+            media_url=record.media_url,
+            file=record.file,
+            error=record.error,
+            next_step=_next_step(record),
+        )
+
+    # --- submit -----------------------------------------------------------------------------------------------------
+
+    async def _submit(self, params: GenerationParams) -> JobRecord:
+        now = _now()
+        record = JobRecord(local_id=uuid4().hex, params=params, created_at=now, updated_at=now)
+        await self._store.save(record)
+        try:
+            reply = await self._client.submit(params)
+        except (SubmissionUncertainError, UpstreamUnavailableError) as exc:
+            await self._store.save(_with_error(record, exc))
+            raise
+        except MmaudioError as exc:
+            await self._store.save(_with_error(record, exc).model_copy(update={"status": JobStatus.REJECTED}))
+            raise
+        now = _now()
+        record = record.model_copy(
+            update={"request_id": reply.request_id, "status": JobStatus.QUEUED, "submitted_at": now, "updated_at": now}
+        )
+        with anyio.CancelScope(shield=True):  # the 202 arrived: this row must exist even if the call is cancelled
+            await self._store.save(record)
+        logger.info("submitted %s", reply.request_id)
+        return record
+
+    # --- waiting and polling ----------------------------------------------------------------------------------------
+
+    async def _wait(self, record: JobRecord, wait_seconds: float, progress: ProgressCallback | None) -> JobRecord:
+        watch = self._watch(record)
+        watch.waiters += 1
+        try:
+            with anyio.move_on_after(wait_seconds):
+                while not watch.done:
+                    await self._report(watch, progress)
+                    with anyio.move_on_after(PROGRESS_INTERVAL):
+                        await watch.changed.wait()
+        finally:
+            watch.waiters -= 1
+        if watch.failure is not None:
+            raise watch.failure
+        await self._report(watch, progress)
+        return watch.record
+
+    def _watch(self, record: JobRecord) -> _Watch:
+        assert record.request_id is not None
+        watch = self._watches.get(record.request_id)
+        if watch is None:
+            if self._task_group is None:
+                raise RuntimeError("JobService must be used as an async context manager")
+            watch = self._watches[record.request_id] = _Watch(record)
+            self._task_group.start_soon(self._poll, watch, name=f"poll {record.request_id}")
+        return watch
+
+    async def _poll(self, watch: _Watch) -> None:
+        """Poll one job until it finishes or nobody waits any more; fan each answer out to every waiter."""
+        request_id = watch.record.request_id
+        assert request_id is not None
+        try:
+            while watch.waiters > 0 and not watch.done:
+                await anyio.sleep(self._delay(watch))
+                if watch.waiters == 0:
+                    break
+                await self._poll_once(watch)
+        except MmaudioError as exc:
+            watch.failure = exc
+            watch.publish(watch.record, done=True)
+        finally:
+            del self._watches[request_id]
+
+    async def _poll_once(self, watch: _Watch) -> None:
+        try:
+            reply = await self._client.status(watch.record.request_id or "")
+        except MmaudioError as exc:
+            if not exc.retryable:
+                raise
+            watch.note = exc.message
+            return
+        watch.note = None
+        record = await self._apply(watch.record, reply)
+        if record.status is JobStatus.COMPLETED:
+            watch.publish(record)
+            with anyio.CancelScope(shield=True):  # a paid result is fetched even if the last waiter leaves
+                record = await self._ensure_file(record)
+        watch.publish(record, done=record.status.is_terminal)
+
+    def _delay(self, watch: _Watch) -> float:
+        delay = next_poll_delay(_elapsed(watch.record), self._expected(watch.record), self._policy)
+        return max(delay, self._policy.ceiling) if watch.note else delay
+
+    async def _report(self, watch: _Watch, progress: ProgressCallback | None) -> None:
+        if progress is None:
+            return
+        record = watch.record
+        elapsed, expected = _elapsed(record), self._expected(record)
+        message = progress_message(record.status, elapsed, expected)
+        if watch.note:
+            message += f" (last poll: {watch.note})"
+        total = elapsed if record.status.is_terminal else max(expected, elapsed + 1.0)
+        await progress(round(elapsed, 1), round(total, 1), message)
+
+    async def _refresh(self, record: JobRecord) -> JobRecord:
+        record = await self._apply(record, await self._client.status(record.request_id or ""))
+        if record.status is JobStatus.COMPLETED:
+            record = await self._ensure_file(record)
+        return record
+
+    async def _apply(self, record: JobRecord, reply: StatusReply) -> JobRecord:
+        """Merge a status answer into the record, saving it when something changed."""
+        media_url = reply.output.media_url[0] if reply.output and reply.output.media_url else record.media_url
+        update: dict[str, object] = {"status": reply.status, "media_url": media_url}
+        if reply.status.is_terminal:
+            update["completed_at"] = reply.completed_at or _now()
+            update["run_seconds"] = _run_seconds(record, reply)
+        if reply.status in (JobStatus.FAILED, JobStatus.ERROR):
+            update["error"] = _failure(reply)
+        if all(getattr(record, key) == value for key, value in update.items()):
+            return record
+        record = record.model_copy(update={**update, "updated_at": _now()})
+        with anyio.CancelScope(shield=True):
+            await self._store.save(record)
+        if record.status is JobStatus.COMPLETED:
+            await self._learn_rate()
+        return record
+
+    # --- files ------------------------------------------------------------------------------------------------------
+
+    async def _ensure_file(self, record: JobRecord, *, verify: bool = False) -> JobRecord:
+        """Download the audio once per job: concurrent callers wait for the first, later ones reuse the file."""
+        assert record.request_id is not None
+        lock = self._file_locks.setdefault(record.request_id, anyio.Lock())
+        async with lock:
+            record = await self._store.get(record.request_id) or record
+            if record.file is not None and (
+                not verify or await verify_file(Path(record.file.path), record.file.sha256)
+            ):
+                return record
+            try:
+                file = await self._fetch(record)
+            except MediaError as exc:
+                await self._store.save(_with_error(record, exc))
+                raise type(exc)(
+                    f"Job {record.request_id} completed, but its audio could not be saved: {exc.message} "
+                    f'Call download_audio(request_id="{record.request_id}") to try again.'
+                ) from exc
+            record = record.model_copy(update={"file": file, "error": None, "updated_at": _now()})
+            await self._store.save(record)
+            return record
+
+    async def _fetch(self, record: JobRecord) -> AudioFile:
+        """Download the media, asking Pixazo once for a fresh URL if the stored one fails."""
+        try:
+            return await self._download(record)
+        except MediaError:
+            refreshed = await self._apply(record, await self._client.status(record.request_id or ""))
+            return await self._download(refreshed)
+
+    async def _download(self, record: JobRecord) -> AudioFile:
+        if not record.media_url:
+            raise MediaError("Pixazo reported the job complete but gave no media URL; try download_audio again.")
+        prompt = record.params.prompt if record.params else ""
+        dest = self._output_dir / audio_filename(prompt, record.request_id or record.local_id)
+        async with self._client.stream_media(record.media_url, max_bytes=self._max_media_bytes) as chunks:
+            return await save_wav(chunks, dest, max_bytes=self._max_media_bytes)
+
+    # --- lookups and estimates --------------------------------------------------------------------------------------
+
+    async def _find(self, request_id: str) -> JobRecord:
+        """Return the stored job, or adopt one made elsewhere if Pixazo knows it."""
+        if not is_valid_request_id(request_id):
+            raise InvalidArgumentError(
+                f"{request_id[:80]!r} is not a Pixazo request_id (expected something like "
+                "'mmaudio-v2-text-to-audio_<uuid>', as returned by generate_audio)."
+            )
+        record = await self._store.get(request_id)
+        if record is not None:
+            return record
+        now = _now()
+        adopted = JobRecord(
+            local_id=uuid4().hex, request_id=request_id, status=JobStatus.QUEUED, created_at=now, updated_at=now
+        )
+        reply = await self._client.status(request_id)
+        adopted = adopted.model_copy(update={"submitted_at": reply.created_at or now})
+        return await self._apply(adopted, reply)
+
+    def _expected(self, record: JobRecord) -> float:
+        return expected_seconds(record.params, self._rate, self._policy)
+
+    async def _learn_rate(self) -> None:
+        self._rate = seconds_per_unit(await self._store.recent(HISTORY_SIZE), self._policy)
+
+
+def _elapsed(record: JobRecord) -> float:
+    start = record.submitted_at or record.created_at
+    end = record.completed_at if record.status.is_terminal and record.completed_at else _now()
+    return max((end - start).total_seconds(), 0.0)
+
+
+def _run_seconds(record: JobRecord, reply: StatusReply) -> float | None:
+    if reply.created_at and reply.completed_at:
+        return max((reply.completed_at - reply.created_at).total_seconds(), 0.0)
+    return _elapsed(record) if record.submitted_at else None
+
+
+def _failure(reply: StatusReply) -> JobError:
+    detail = (reply.error or "no reason given").strip()[:300]
+    if reply.status is JobStatus.ERROR:
+        return JobError(kind="job_error", message=f"Pixazo hit a system error: {detail}. You were not charged.")
+    return JobError(kind="job_failed", message=f"The generation failed at Pixazo: {detail}.")
+
+
+def _with_error(record: JobRecord, exc: MmaudioError) -> JobRecord:
+    error = JobError(kind=exc.kind, message=exc.message, retryable=exc.retryable)
+    return record.model_copy(update={"error": error, "updated_at": _now()})
+
+
+def _not_downloadable(job: AudioJob) -> MmaudioError:
+    if job.status.is_terminal:
+        reason = job.error.message if job.error else "it did not complete"
+        return JobFailedError(f"Job {job.request_id} ended {job.status.value}, so there is no audio: {reason}")
+    return JobNotReadyError(
+        f"Job {job.request_id} is still {job.status.value} (about {job.eta_seconds or 0:.0f} s left). "
+        f'Call check_status(request_id="{job.request_id}", wait_seconds=30), then download_audio.'
+    )
+
+
+def _next_step(record: JobRecord) -> str | None:
+    rid = record.request_id
+    if not record.status.is_terminal:
+        return f'Call check_status(request_id="{rid}", wait_seconds=30) to wait for the audio.'
+    if record.status is JobStatus.COMPLETED and record.file is None:
+        return f'Call download_audio(request_id="{rid}") to fetch the audio.'
+    if record.status is not JobStatus.COMPLETED:
+        return "Call generate_audio again, perhaps with a simpler prompt."
+    return None
+
+
+@asynccontextmanager
+async def open_job_service(
+    *,
+    api_key: SecretStr | None,
+    gateway_url: str,
+    state_dir: Path,
+    output_dir: Path,
+    http_transport: httpx2.AsyncBaseTransport | None = None,
+    policy: PollPolicy | None = None,
+) -> AsyncGenerator[JobService]:
+    """Assemble the HTTP client, the store and the service, and close them in order afterwards."""
+    async with new_http_client(http_transport) as http:
+        store = await SqliteJobStore.open(state_dir)
+        try:
+            client = PixazoClient(http, api_key, gateway_url)
+            async with JobService(client, store, output_dir, policy=policy) as service:
+                yield service
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.aclose()
+
+
+__all__ = ["JobService", "open_job_service"]
