@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
     from mmaudio_mcp.models import AudioJob, GenerationParams
+    from mmaudio_mcp.schedule import PollPolicy
     from mmaudio_mcp.settings import Settings
 
 logger = logging.getLogger("mmaudio_mcp")
@@ -105,21 +106,22 @@ async def _serve(args: argparse.Namespace) -> None:
     from mmaudio_mcp.transport import Transport, serve
 
     settings = _settings(args, wait_seconds=args.wait_seconds)
-    async with _gateway(args, settings) as settings:
-        await serve(build_server(settings), Transport(args.transport))
+    async with _gateway(args, settings) as (settings, policy):
+        await serve(build_server(settings, policy=policy), Transport(args.transport))
 
 
 @asynccontextmanager
-async def _gateway(args: argparse.Namespace, settings: Settings) -> AsyncIterator[Settings]:
-    """Yield the settings to use: unchanged, or pointed at an in-process sandbox on a free loopback port."""
+async def _gateway(args: argparse.Namespace, settings: Settings) -> AsyncIterator[tuple[Settings, PollPolicy | None]]:
+    """Yield the settings and poll policy to use: as given, or for an in-process sandbox on a free loopback port."""
     if not args.sandbox:
-        yield settings
+        yield settings, None
         return
     from mmaudio_mcp.sandbox import SANDBOX_API_KEY
+    from mmaudio_mcp.schedule import PollPolicy
 
     async with running_sandbox(speed=args.sandbox_speed) as url:
         logger.warning("sandbox mode: fake Pixazo gateway at %s; no real audio is generated", url)
-        yield settings.model_copy(
+        sandboxed = settings.model_copy(
             update={
                 "gateway_url": url,
                 "api_key": _secret(SANDBOX_API_KEY),
@@ -127,6 +129,7 @@ async def _gateway(args: argparse.Namespace, settings: Settings) -> AsyncIterato
                 "output_dir": settings.output_dir / "sandbox",
             }
         )
+        yield sandboxed, PollPolicy().scaled(max(args.sandbox_speed, 0.01))
 
 
 def _secret(value: str) -> Any:
@@ -212,12 +215,13 @@ async def _generate(args: argparse.Namespace, params: GenerationParams) -> Audio
     from mmaudio_mcp.jobs import open_job_service
 
     async with (
-        _gateway(args, _settings(args)) as settings,
+        _gateway(args, _settings(args)) as (settings, policy),
         open_job_service(
             api_key=settings.api_key,
             gateway_url=settings.gateway_url,
             state_dir=settings.state_dir,
             output_dir=settings.output_dir,
+            policy=policy,
         ) as jobs,
     ):
         columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
