@@ -2,37 +2,34 @@
 
 from __future__ import annotations
 
-import base64
+import inspect
 import json
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Final, TypeVar
 
-import anyio
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context  # noqa: TC002 (the SDK reads tool annotations at runtime)
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
-from mcp.types import AudioContent, CallToolResult, ResourceLink, TextContent, ToolAnnotations
+from mcp.server.mcpserver.tools import Tool
+from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from mmaudio_mcp import __version__
 from mmaudio_mcp.errors import InvalidArgumentError, MmaudioError, UnknownJobError
 from mmaudio_mcp.jobs import JobService, open_job_service
-from mmaudio_mcp.models import REQUEST_ID_PATTERN, AudioJob, GenerationParams, JobStatus
+from mmaudio_mcp.models import REQUEST_ID_PATTERN, AudioJob, GenerationParams
+from mmaudio_mcp.results import compact_schema, job_listing, tool_result, with_inline_audio
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     import httpx2
 
-    from mmaudio_mcp.models import JobRecord
     from mmaudio_mcp.schedule import PollPolicy
     from mmaudio_mcp.settings import Settings
 
 _T = TypeVar("_T")
-INLINE_AUDIO_LIMIT: Final = 600 * 1024
-"""Raw bytes we inline: base64 grows them by a third, and the SDK's HTTP clients refuse messages over 1 MiB."""
-
 INSTRUCTIONS: Final = (
     "Generate sound effects, ambience and short music clips from text with MMAudio v2. "
     "generate_audio waits for the result when it can; otherwise call check_status with the request_id it returns. "
@@ -83,6 +80,19 @@ class AppState:
     jobs: JobService
 
 
+@dataclass
+class _Live:
+    """The running lifespan's state, for static resources (the SDK gives them no Context)."""
+
+    state: AppState | None = None
+
+    @property
+    def jobs(self) -> JobService:
+        if self.state is None:
+            raise ResourceError("The server is not running.")
+        return self.state.jobs
+
+
 def build_server(
     settings: Settings,
     *,
@@ -101,24 +111,27 @@ def build_server(
             http_transport=http_transport,
             policy=policy,
         ) as jobs:
-            yield AppState(jobs=jobs)
+            live.state = AppState(jobs=jobs)
+            try:
+                yield live.state
+            finally:
+                live.state = None
+
+    live = _Live()
 
     server = MCPServer[AppState](
-        "mmaudio-mcp", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
+        "mmaudio-mcp",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        log_level="WARNING",
+        tools=_tools(settings.wait_seconds),
     )
-    _add_tools(server, settings.wait_seconds)
-    _add_resources(server)
+    _add_resources(server, live)
     return server
 
 
-def _add_tools(server: MCPServer[AppState], default_wait: float) -> None:
-    @server.tool(
-        title="Generate audio",
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True
-        ),
-        structured_output=True,
-    )
+def _tools(default_wait: float) -> list[Tool]:
     async def generate_audio(
         ctx: Context[AppState],
         prompt: Prompt,
@@ -143,15 +156,8 @@ def _add_tools(server: MCPServer[AppState], default_wait: float) -> None:
             mask_away_clip=mask_away_clip,
         )
         jobs = _jobs(ctx)
-        return _result(await _call(jobs.generate(params, wait_seconds=wait_seconds, progress=_progress(ctx))))
+        return tool_result(await _call(jobs.generate(params, wait_seconds=wait_seconds, progress=_progress(ctx))))
 
-    @server.tool(
-        title="Check an audio job",
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=True
-        ),
-        structured_output=True,
-    )
     async def check_status(
         ctx: Context[AppState],
         request_id: RequestId,
@@ -159,15 +165,8 @@ def _add_tools(server: MCPServer[AppState], default_wait: float) -> None:
     ) -> Annotated[CallToolResult, AudioJob]:
         """Report a generate_audio job; when it is complete, its WAV is saved (finished jobs are answered locally)."""
         jobs = _jobs(ctx)
-        return _result(await _call(jobs.check(request_id, wait_seconds=wait_seconds, progress=_progress(ctx))))
+        return tool_result(await _call(jobs.check(request_id, wait_seconds=wait_seconds, progress=_progress(ctx))))
 
-    @server.tool(
-        title="Download generated audio",
-        annotations=ToolAnnotations(
-            read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=True
-        ),
-        structured_output=True,
-    )
     async def download_audio(
         ctx: Context[AppState],
         request_id: RequestId,
@@ -176,10 +175,29 @@ def _add_tools(server: MCPServer[AppState], default_wait: float) -> None:
     ) -> Annotated[CallToolResult, AudioJob]:
         """Make sure a finished job's WAV is on disk (a verified copy is reused, never re-fetched) and describe it."""
         job = await _call(_jobs(ctx).download(request_id, filename=filename))
-        return await _with_inline_audio(_result(job), job) if include_audio else _result(job)
+        return await with_inline_audio(tool_result(job), job) if include_audio else tool_result(job)
+
+    return [
+        _tool(generate_audio, "Generate audio", idempotent=False),
+        _tool(check_status, "Check an audio job", idempotent=True),
+        _tool(download_audio, "Download generated audio", idempotent=True),
+    ]
 
 
-def _add_resources(server: MCPServer[AppState]) -> None:
+def _tool(fn: Callable[..., Awaitable[CallToolResult]], title: str, *, idempotent: bool) -> Tool:
+    """Register a tool with honest hints and schemas trimmed to what a model needs (it pays for every token)."""
+    hints = ToolAnnotations(
+        read_only_hint=False, destructive_hint=False, idempotent_hint=idempotent, open_world_hint=True
+    )
+    tool = Tool.from_function(
+        fn, title=title, description=inspect.cleandoc(fn.__doc__ or ""), annotations=hints, structured_output=True
+    )
+    tool.parameters = compact_schema(tool.parameters)
+    tool.fn_metadata.output_schema = compact_schema(tool.fn_metadata.output_schema or {}, for_output=True)
+    return tool
+
+
+def _add_resources(server: MCPServer[AppState], live: _Live) -> None:
     @server.resource(
         "audio://{request_id}", name="audio", title="Generated audio", mime_type="audio/wav", description="A WAV file."
     )
@@ -198,9 +216,9 @@ def _add_resources(server: MCPServer[AppState]) -> None:
         mime_type="application/json",
         description="The 20 newest jobs, including any whose submit never got an answer.",
     )
-    async def recent_jobs(ctx: Context[AppState]) -> str:
-        records = await _jobs(ctx).recent(20)
-        return json.dumps([_listing(record) for record in records], indent=1)
+    async def recent_jobs() -> str:
+        records = await live.jobs.recent(20)
+        return json.dumps([job_listing(record) for record in records], indent=1)
 
 
 def _jobs(ctx: Context[AppState]) -> JobService:
@@ -222,67 +240,4 @@ async def _call(work: Awaitable[_T]) -> _T:
         raise ToolError(exc.message) from exc
 
 
-def _result(job: AudioJob) -> CallToolResult:
-    """Shape a job as a tool result: an error if it failed, else a summary, a link and the structured job."""
-    if job.status in (JobStatus.FAILED, JobStatus.ERROR, JobStatus.REJECTED):
-        reason = job.error.message if job.error else "no reason given"
-        raise ToolError(f"Job {job.request_id} ended {job.status.value}: {reason}")
-    content: list[TextContent | ResourceLink | AudioContent] = [TextContent(type="text", text=summary(job))]
-    if job.file is not None:
-        content.append(
-            ResourceLink(
-                type="resource_link",
-                uri=f"audio://{job.request_id}",
-                name=job.file.path.rsplit("/", 1)[-1],
-                mime_type="audio/wav",
-                size=job.file.bytes,
-            )
-        )
-    return CallToolResult(content=content, structured_content=job.model_dump(mode="json"))
-
-
-def summary(job: AudioJob) -> str:
-    """One or two sentences a person (or model) can act on."""
-    what = f"'{job.params.prompt[:60]}'" if job.params else job.request_id
-    if job.file is not None:
-        f = job.file
-        shape = f"{f.duration_seconds:g} s, {f.sample_rate} Hz, {f.channels} ch {f.sample_format}, {f.bytes:,} bytes"
-        return f"Audio for {what} is ready ({shape}): {f.path}"
-    if job.status is JobStatus.COMPLETED:
-        return f"Job {job.request_id} is complete. {job.next_step or ''}".strip()
-    eta = f", about {job.eta_seconds:.0f} s left" if job.eta_seconds is not None else ""
-    return (
-        f"Job {job.request_id} for {what} is {job.status.value} after {job.elapsed_seconds:.0f} s{eta}. {job.next_step}"
-    )
-
-
-async def _with_inline_audio(result: CallToolResult, job: AudioJob) -> CallToolResult:
-    assert job.file is not None
-    if job.file.bytes > INLINE_AUDIO_LIMIT:
-        note = (
-            f"The audio ({job.file.bytes:,} bytes) is too large to inline (limit {INLINE_AUDIO_LIMIT:,}); "
-            f"read the resource audio://{job.request_id} or open the file instead."
-        )
-        result.content.append(TextContent(type="text", text=note))
-        return result
-    data = await anyio.Path(job.file.path).read_bytes()
-    result.content.append(AudioContent(type="audio", data=base64.b64encode(data).decode(), mime_type="audio/wav"))
-    return result
-
-
-def _listing(record: JobRecord) -> dict[str, object]:
-    entry: dict[str, object] = {
-        "request_id": record.request_id,
-        "status": record.status.value,
-        "prompt": record.params.prompt if record.params else None,
-        "created_at": record.created_at.isoformat(),
-        "file": record.file.path if record.file else None,
-    }
-    if record.request_id is None and record.status is JobStatus.SUBMITTING:
-        entry["note"] = "may have been submitted and billed; request_id unknown (the submit got no answer)"
-    if record.error is not None:
-        entry["error"] = record.error.message
-    return entry
-
-
-__all__ = ["AppState", "build_server", "summary"]
+__all__ = ["AppState", "build_server"]

@@ -1,0 +1,262 @@
+"""The three tools and the resources, through the SDK's in-memory client, against the sandbox gateway."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from mcp import Client, MCPError
+
+from mmaudio_mcp.server import build_server
+from tests.conftest import POLICY
+
+if TYPE_CHECKING:
+    import httpx2
+    from mcp.types import CallToolResult
+
+    from mmaudio_mcp.sandbox import Sandbox
+    from mmaudio_mcp.settings import Settings
+
+
+def text_of(result: CallToolResult) -> str:
+    return " ".join(getattr(block, "text", "") for block in result.content)
+
+
+async def generate(client: Client, **arguments: Any) -> CallToolResult:
+    return await client.call_tool("generate_audio", {"prompt": "rain on a tin roof", **arguments})
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if path.is_file())
+
+
+# --- the tool list ------------------------------------------------------------------------------------------------
+
+
+async def test_tools_list_has_the_three_tools_with_ranges_and_honest_annotations(client: Client) -> None:
+    """The schema carries every documented bound, and annotations say what each tool really does."""
+    tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+    assert set(tools) == {"generate_audio", "check_status", "download_audio"}
+    props = tools["generate_audio"].input_schema["properties"]
+    assert tools["generate_audio"].input_schema["required"] == ["prompt"]
+    assert (props["duration"]["type"], props["duration"]["minimum"], props["duration"]["maximum"]) == ("integer", 2, 30)
+    assert (props["num_steps"]["type"], props["num_steps"]["minimum"], props["num_steps"]["maximum"]) == (
+        "integer",
+        10,
+        100,
+    )
+    assert (props["cfg_strength"]["minimum"], props["cfg_strength"]["maximum"]) == (1.0, 10.0)
+    assert props["prompt"]["minLength"] == 1
+    assert props["wait_seconds"]["default"] == 20
+    generate_hints = tools["generate_audio"].annotations
+    assert generate_hints is not None
+    assert (generate_hints.read_only_hint, generate_hints.idempotent_hint, generate_hints.open_world_hint) == (
+        False,
+        False,
+        True,
+    )
+    check_hints = tools["check_status"].annotations
+    assert check_hints is not None
+    check = (check_hints.read_only_hint, check_hints.destructive_hint, check_hints.idempotent_hint)
+    assert check == (False, False, True)
+    assert all(tool.output_schema and tool.output_schema["title"] == "AudioJob" for tool in tools.values())
+
+
+async def test_what_models_read_of_the_tool_list_is_well_under_five_kilobytes(client: Client) -> None:
+    """Names, descriptions and input schemas (what hosts send to the model) stay small; output schemas are compact."""
+    tools = (await client.list_tools()).tools
+    model_side = json.dumps([[tool.name, tool.description, tool.input_schema] for tool in tools], separators=(",", ":"))
+    assert len(model_side) < 3 * 1024, len(model_side)
+    whole = json.dumps(
+        [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in tools], separators=(",", ":")
+    )
+    assert len(whole) < 8 * 1024, len(whole)
+    assert '"title":"Prompt"' not in whole
+
+
+# --- the happy path -----------------------------------------------------------------------------------------------
+
+
+async def test_generate_audio_waits_reports_progress_and_saves_a_wav(client: Client, settings: Settings) -> None:
+    """One call submits, reports progress while waiting, downloads the WAV and links it as a resource."""
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    result = await client.call_tool(
+        "generate_audio", {"prompt": "rain on a tin roof", "duration": 4}, progress_callback=on_progress
+    )
+    assert not result.is_error, text_of(result)
+    job = result.structured_content
+    assert job is not None
+    assert job["status"] == "COMPLETED"
+    assert job["request_id"].startswith("mmaudio-v2-text-to-audio_")
+    file = job["file"]
+    assert Path(file["path"]).parent == settings.output_dir
+    assert Path(file["path"]).name.startswith("rain-on-a-tin-roof-")
+    assert (file["sample_rate"], file["channels"], file["sample_format"]) == (44100, 1, "float32")
+    assert file["duration_seconds"] == 4.0
+    assert Path(file["path"]).stat().st_size == file["bytes"]
+    links = [block for block in result.content if block.type == "resource_link"]
+    assert [str(link.uri) for link in links] == [f"audio://{job['request_id']}"]
+    assert seen, "no progress notification reached the client"
+    progresses = [progress for progress, _, _ in seen]
+    assert progresses == sorted(progresses)
+    assert all(message for _, _, message in seen)
+
+
+async def test_generate_with_no_wait_returns_a_handle_that_check_status_completes(
+    client: Client, sandbox: Sandbox
+) -> None:
+    """wait_seconds=0 hands back the request_id at once; check_status with a wait finishes the job."""
+    handle = await generate(client, wait_seconds=0)
+    assert not handle.is_error, text_of(handle)
+    job = handle.structured_content
+    assert job is not None
+    assert job["status"] == "QUEUED"
+    assert job["file"] is None
+    assert "check_status" in job["next_step"]
+    assert job["eta_seconds"] > 0
+    done = await client.call_tool("check_status", {"request_id": job["request_id"], "wait_seconds": 10})
+    assert not done.is_error, text_of(done)
+    assert done.structured_content is not None
+    assert done.structured_content["status"] == "COMPLETED"
+    assert Path(done.structured_content["file"]["path"]).exists()
+
+
+async def test_finished_jobs_are_answered_from_the_store_without_network_calls(
+    client: Client, sandbox: Sandbox
+) -> None:
+    """check_status and download_audio on a completed job neither poll Pixazo nor fetch the media again."""
+    job = (await generate(client)).structured_content
+    assert job is not None
+    before = sandbox.stats()
+    again = await client.call_tool("check_status", {"request_id": job["request_id"]})
+    fetched = await client.call_tool("download_audio", {"request_id": job["request_id"]})
+    after = sandbox.stats()
+    assert not again.is_error and not fetched.is_error
+    assert after.polls == before.polls
+    assert after.media_fetches == before.media_fetches == {job["request_id"]: 1}
+    assert fetched.structured_content is not None
+    assert fetched.structured_content["file"]["sha256"] == job["file"]["sha256"]
+
+
+async def test_download_audio_fetches_again_when_the_cached_file_was_changed(client: Client, sandbox: Sandbox) -> None:
+    """A file whose checksum no longer matches is replaced with a fresh, verified download."""
+    job = (await generate(client)).structured_content
+    assert job is not None
+    Path(job["file"]["path"]).write_bytes(b"RIFF garbage")
+    fetched = await client.call_tool("download_audio", {"request_id": job["request_id"]})
+    assert not fetched.is_error, text_of(fetched)
+    assert sandbox.stats().media_fetches == {job["request_id"]: 2}
+    assert Path(job["file"]["path"]).read_bytes()[:4] == b"RIFF"
+    assert fetched.structured_content is not None
+    assert fetched.structured_content["file"]["sha256"] == job["file"]["sha256"]
+
+
+async def test_download_audio_with_a_filename_saves_a_named_copy(client: Client, settings: Settings) -> None:
+    """A bare filename puts a verified copy in the output folder, without fetching again."""
+    job = (await generate(client)).structured_content
+    assert job is not None
+    named = await client.call_tool("download_audio", {"request_id": job["request_id"], "filename": "storm"})
+    assert not named.is_error, text_of(named)
+    assert named.structured_content is not None
+    assert named.structured_content["file"]["path"] == str(settings.output_dir / "storm.wav")
+    assert (settings.output_dir / "storm.wav").read_bytes() == Path(job["file"]["path"]).read_bytes()
+
+
+async def test_download_audio_inlines_small_audio_and_explains_large_audio(client: Client) -> None:
+    """include_audio adds an audio block when it fits in a message, and says why not when it does not."""
+    small = (await generate(client, duration=2)).structured_content
+    large = (await generate(client, duration=8)).structured_content
+    assert small is not None and large is not None
+    inline = await client.call_tool("download_audio", {"request_id": small["request_id"], "include_audio": True})
+    audio = [block for block in inline.content if block.type == "audio"]
+    assert len(audio) == 1
+    assert base64.b64decode(audio[0].data)[:4] == b"RIFF"
+    too_big = await client.call_tool("download_audio", {"request_id": large["request_id"], "include_audio": True})
+    assert not [block for block in too_big.content if block.type == "audio"]
+    assert "too large to inline" in text_of(too_big)
+
+
+async def test_audio_resource_returns_the_wav_bytes(client: Client) -> None:
+    """audio://{request_id} serves the file as an audio/wav blob."""
+    job = (await generate(client)).structured_content
+    assert job is not None
+    resource = await client.read_resource(f"audio://{job['request_id']}")
+    content = resource.contents[0]
+    assert content.mime_type == "audio/wav"
+    data = base64.b64decode(getattr(content, "blob", ""))
+    assert data == Path(job["file"]["path"]).read_bytes()
+
+
+async def test_audio_resource_for_an_unknown_job_is_a_not_found_error(client: Client) -> None:
+    """Reading a job that does not exist is a protocol error naming the problem, not a crash."""
+    with pytest.raises(MCPError, match="not know"):
+        await client.read_resource("audio://mmaudio-v2-text-to-audio_00000000-0000-0000-0000-000000000000")
+
+
+async def test_recent_jobs_resource_lists_jobs(client: Client) -> None:
+    """mmaudio://jobs lists recent jobs with their status and file."""
+    job = (await generate(client)).structured_content
+    assert job is not None
+    listing = await client.read_resource("mmaudio://jobs")
+    entries = json.loads(getattr(listing.contents[0], "text", ""))
+    assert entries[0]["request_id"] == job["request_id"]
+    assert entries[0]["status"] == "COMPLETED"
+    assert entries[0]["file"] == job["file"]["path"]
+
+
+# --- configuration, restart ---------------------------------------------------------------------------------------
+
+
+async def test_without_an_api_key_tools_are_listed_and_calls_explain_how_to_set_it(
+    settings: Settings, transport: httpx2.ASGITransport
+) -> None:
+    """A server with no key starts and lists its tools; a call says which variable to set."""
+    keyless = settings.model_copy(update={"api_key": None})
+    async with Client(build_server(keyless, http_transport=transport, policy=POLICY)) as client:
+        assert len((await client.list_tools()).tools) == 3
+        result = await generate(client)
+    assert result.is_error
+    assert "PIXAZO_API_KEY" in text_of(result)
+
+
+async def test_a_job_submitted_before_a_restart_is_completed_after_it(
+    settings: Settings, transport: httpx2.ASGITransport
+) -> None:
+    """The job row survives the server: a new server on the same state folder finishes the job."""
+    async with Client(build_server(settings, http_transport=transport, policy=POLICY)) as first:
+        handle = (await generate(first, wait_seconds=0)).structured_content
+    assert handle is not None
+    async with Client(build_server(settings, http_transport=transport, policy=POLICY)) as second:
+        done = await second.call_tool("check_status", {"request_id": handle["request_id"], "wait_seconds": 10})
+    assert not done.is_error, text_of(done)
+    assert done.structured_content is not None
+    assert done.structured_content["status"] == "COMPLETED"
+    assert Path(done.structured_content["file"]["path"]).is_file()
+
+
+async def test_concurrent_waiters_on_one_job_share_one_poller(client: Client, sandbox: Sandbox) -> None:
+    """Several check_status calls waiting on the same job do not multiply the status polls."""
+    import anyio
+
+    handle = (await generate(client, wait_seconds=0)).structured_content
+    assert handle is not None
+    rid = handle["request_id"]
+    results: list[CallToolResult] = []
+
+    async def wait() -> None:
+        results.append(await client.call_tool("check_status", {"request_id": rid, "wait_seconds": 10}))
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(4):
+            tasks.start_soon(wait)
+    assert all(r.structured_content and r.structured_content["status"] == "COMPLETED" for r in results)
+    single = sandbox.stats().polls[rid]
+    assert single <= 6, single
+    assert sandbox.stats().media_fetches[rid] == 1
