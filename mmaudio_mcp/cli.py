@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 from mmaudio_mcp import __version__
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncGenerator, Sequence
+
+    from starlette.types import ASGIApp
 
     from mmaudio_mcp.models import AudioJob, GenerationParams
     from mmaudio_mcp.schedule import PollPolicy
@@ -111,15 +113,15 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 @asynccontextmanager
-async def _gateway(args: argparse.Namespace, settings: Settings) -> AsyncIterator[tuple[Settings, PollPolicy | None]]:
+async def _gateway(args: argparse.Namespace, settings: Settings) -> AsyncGenerator[tuple[Settings, PollPolicy | None]]:
     """Yield the settings and poll policy to use: as given, or for an in-process sandbox on a free loopback port."""
     if not args.sandbox:
         yield settings, None
         return
-    from mmaudio_mcp.sandbox import SANDBOX_API_KEY
+    from mmaudio_mcp.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
     from mmaudio_mcp.schedule import PollPolicy
 
-    async with running_sandbox(speed=args.sandbox_speed) as url:
+    async with serve_on_loopback(create_sandbox(SandboxConfig(speed=args.sandbox_speed)).app) as url:
         logger.warning("sandbox mode: fake Pixazo gateway at %s; no real audio is generated", url)
         sandboxed = settings.model_copy(
             update={
@@ -139,17 +141,14 @@ def _secret(value: str) -> Any:
 
 
 @asynccontextmanager
-async def running_sandbox(*, speed: float = 1.0) -> AsyncIterator[str]:
-    """Serve the sandbox gateway on a free loopback port inside this event loop; yield its base URL."""
+async def serve_on_loopback(app: ASGIApp) -> AsyncGenerator[str]:
+    """Serve an ASGI app (the sandbox) on a free loopback port inside this event loop; yield its base URL."""
     import anyio
     import uvicorn
-
-    from mmaudio_mcp.sandbox import SandboxConfig, create_sandbox
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    app = create_sandbox(SandboxConfig(speed=speed)).app
     # log_config=None and no access log: uvicorn's defaults would write to stdout, which stdio hosts read.
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the host owns signals
@@ -237,4 +236,4 @@ async def _generate(args: argparse.Namespace, params: GenerationParams) -> Audio
         return job
 
 
-__all__ = ["main", "running_sandbox"]
+__all__ = ["main", "serve_on_loopback"]

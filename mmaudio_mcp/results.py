@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import AudioContent, CallToolResult, ResourceLink, TextContent
+from mcp.types import AudioContent, CallToolResult, ContentBlock, ResourceLink, TextContent
 
 from mmaudio_mcp.models import JobStatus
 
@@ -64,7 +64,7 @@ def tool_result(job: AudioJob) -> CallToolResult:
     if job.status in (JobStatus.FAILED, JobStatus.ERROR, JobStatus.REJECTED):
         reason = job.error.message if job.error else "no reason given"
         raise ToolError(f"Job {job.request_id} ended {job.status.value}: {reason}")
-    content: list[TextContent | ResourceLink | AudioContent] = [TextContent(type="text", text=summary(job))]
+    content: list[ContentBlock] = [TextContent(type="text", text=summary(job))]
     if job.file is not None:
         content.append(
             ResourceLink(

@@ -22,7 +22,7 @@ from mmaudio_mcp.models import REQUEST_ID_PATTERN, AudioJob, GenerationParams
 from mmaudio_mcp.results import compact_schema, job_listing, tool_result, with_inline_audio
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncGenerator, Awaitable, Callable
 
     import httpx2
 
@@ -102,7 +102,7 @@ def build_server(
     """Assemble the server; nothing touches the network or disk until the lifespan starts."""
 
     @asynccontextmanager
-    async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
+    async def lifespan(_: MCPServer[AppState]) -> AsyncGenerator[AppState]:
         async with open_job_service(
             api_key=settings.api_key,
             gateway_url=settings.gateway_url,

@@ -1,0 +1,554 @@
+"""The sandbox plays the Pixazo gateway as its docs describe it: shapes, timing, media, faults and admin routes."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import sys
+import time
+import uuid
+from array import array
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+import pytest
+
+from mmaudio_mcp.sandbox import (
+    SANDBOX_API_KEY,
+    Fault,
+    FaultKind,
+    Sandbox,
+    SandboxConfig,
+    create_sandbox,
+    expected_seconds,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+SUBMIT = "/mmaudio-v2-text-to-audio/v1/mmaudio-v2-text-to-audio-request"
+KEY = {"Ocp-Apim-Subscription-Key": SANDBOX_API_KEY}
+START = datetime(2026, 3, 31, 10, tzinfo=UTC).timestamp()
+FLOAT_SUBTYPE = uuid.UUID("00000003-0000-0010-8000-00aa00389b71")
+MODEL_NOT_FOUND = {"error": "Model not found", "message": "Model 'mmaudio-v2-text-to-audio' not found or is disabled"}
+NO_BALANCE = {"error": "Insufficient Balance", "message": "Your wallet does not have enough balance."}
+
+
+class FakeClock:
+    """A clock that only moves when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sandbox(clock: FakeClock) -> Sandbox:
+    return create_sandbox(SandboxConfig(clock=clock))
+
+
+def client_for(sandbox: Sandbox, base_url: str = "http://127.0.0.1") -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=sandbox.app), base_url=base_url)
+
+
+@pytest.fixture
+async def client(sandbox: Sandbox) -> AsyncIterator[httpx2.AsyncClient]:
+    async with client_for(sandbox) as client:
+        yield client
+
+
+async def submit(client: httpx2.AsyncClient, **fields: Any) -> httpx2.Response:
+    return await client.post(SUBMIT, json={"prompt": "rain on a tin roof", "duration": 2, **fields}, headers=KEY)
+
+
+async def poll(client: httpx2.AsyncClient, request_id: str) -> httpx2.Response:
+    return await client.get(f"/v2/requests/status/{request_id}", headers=KEY)
+
+
+async def finished_job(client: httpx2.AsyncClient, clock: FakeClock, **fields: Any) -> dict[str, Any]:
+    """Submit a job, let the clock run past its end, and return its status body."""
+    request_id = (await submit(client, **fields)).json()["request_id"]
+    clock.advance(3600)
+    return (await poll(client, request_id)).json()
+
+
+async def fetch_audio(client: httpx2.AsyncClient, clock: FakeClock, **fields: Any) -> bytes:
+    body = await finished_job(client, clock, **fields)
+    response = await client.get(body["output"]["media_url"][0])
+    assert response.status_code == 200
+    return response.content
+
+
+def riff_chunks(data: bytes) -> dict[bytes, bytes]:
+    """Split a RIFF/WAVE file into its chunks, checking the RIFF size."""
+    assert data[:4] == b"RIFF"
+    assert data[8:12] == b"WAVE"
+    assert struct.unpack("<I", data[4:8])[0] == len(data) - 8
+    chunks: dict[bytes, bytes] = {}
+    position = 12
+    while position < len(data):
+        tag, size = data[position : position + 4], struct.unpack("<I", data[position + 4 : position + 8])[0]
+        chunks[tag] = data[position + 8 : position + 8 + size]
+        position += 8 + size + (size & 1)
+    return chunks
+
+
+def float_samples(data: bytes) -> array[float]:
+    samples = array("f", riff_chunks(data)[b"data"])
+    if sys.byteorder == "big":
+        samples.byteswap()
+    return samples
+
+
+async def test_submit_answers_202_with_a_prefixed_uuid_and_a_polling_url_on_the_gateway(
+    client: httpx2.AsyncClient,
+) -> None:
+    """A valid submit is queued with the documented id and polling_url shapes."""
+    response = await submit(client)
+    assert response.status_code == 202
+    body = response.json()
+    assert set(body) == {"request_id", "status", "polling_url"}
+    assert body["status"] == "QUEUED"
+    prefix, _, suffix = body["request_id"].partition("_")
+    assert prefix == "mmaudio-v2-text-to-audio"
+    assert uuid.UUID(suffix).version == 4
+    assert body["polling_url"] == f"http://127.0.0.1/v2/requests/status/{body['request_id']}"
+
+
+async def test_the_minimal_and_the_full_documented_requests_are_both_accepted(client: httpx2.AsyncClient) -> None:
+    """Only prompt is required; every documented field with its documented value is accepted."""
+    minimal = await client.post(SUBMIT, json={"prompt": "Gentle ocean waves"}, headers=KEY)
+    full = await client.post(
+        SUBMIT,
+        json={
+            "prompt": "Gentle ocean waves",
+            "negative_prompt": "",
+            "num_steps": 25,
+            "duration": 8,
+            "cfg_strength": 4.5,
+            "mask_away_clip": False,
+        },
+        headers=KEY | {"Cache-Control": "no-cache", "X-Webhook-URL": "https://example.com/hook"},
+    )
+    assert (minimal.status_code, full.status_code) == (202, 202)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": None}, "prompt"),
+        ({"prompt": 5}, "prompt"),
+        ({"duration": 1}, "duration"),
+        ({"duration": 31}, "duration"),
+        ({"duration": 8.5}, "duration"),
+        ({"duration": "8"}, "duration"),
+        ({"num_steps": 9}, "num_steps"),
+        ({"num_steps": 101}, "num_steps"),
+        ({"num_steps": True}, "num_steps"),
+        ({"cfg_strength": 0.5}, "cfg_strength"),
+        ({"cfg_strength": 10.5}, "cfg_strength"),
+        ({"cfg_strength": "4.5"}, "cfg_strength"),
+        ({"negative_prompt": None}, "negative_prompt"),
+        ({"mask_away_clip": "false"}, "mask_away_clip"),
+    ],
+)
+async def test_each_out_of_contract_field_is_refused_with_400_naming_it(
+    client: httpx2.AsyncClient, fields: dict[str, Any], field: str
+) -> None:
+    """Every documented constraint is enforced, and the message says which field broke it."""
+    response = await submit(client, **fields)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "Bad Request"
+    assert field in body["message"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"prompt": "rain", "cfg_strength": NaN}',
+        b'{"prompt": "rain", "cfg_strength": Infinity}',
+        b"prompt=rain",
+        b'["rain"]',
+        b"\xff\xfe\xfa",
+        b"",
+    ],
+)
+async def test_non_finite_numbers_and_non_json_bodies_are_refused_with_400(
+    client: httpx2.AsyncClient, raw: bytes
+) -> None:
+    """NaN/Infinity, non-JSON and non-object bodies get a JSON 400, never a crash."""
+    response = await client.post(SUBMIT, content=raw, headers=KEY | {"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "Bad Request"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Ocp-Apim-Subscription-Key": "wrong"}], ids=["missing", "wrong"])
+async def test_a_missing_or_wrong_key_gets_401_on_submit_and_status(
+    client: httpx2.AsyncClient, headers: dict[str, str]
+) -> None:
+    """The gateway checks the subscription key on both gateway routes."""
+    request_id = (await submit(client)).json()["request_id"]
+    expected = {"error": "Unauthorized", "message": "Access denied due to missing or invalid subscription key."}
+    refused_submit = await client.post(SUBMIT, json={"prompt": "rain"}, headers=headers)
+    refused_poll = await client.get(f"/v2/requests/status/{request_id}", headers=headers)
+    assert (refused_submit.status_code, refused_submit.json()) == (401, expected)
+    assert (refused_poll.status_code, refused_poll.json()) == (401, expected)
+
+
+async def test_a_configured_key_replaces_the_default_one(clock: FakeClock) -> None:
+    """SandboxConfig.api_key is the only key accepted."""
+    sandbox = create_sandbox(SandboxConfig(api_key="other", clock=clock))
+    async with client_for(sandbox) as client:
+        assert (await submit(client)).status_code == 401
+        response = await client.post(SUBMIT, json={"prompt": "rain"}, headers={"Ocp-Apim-Subscription-Key": "other"})
+        assert response.status_code == 202
+
+
+async def test_a_job_goes_queued_processing_completed_as_the_clock_moves(
+    client: httpx2.AsyncClient, clock: FakeClock
+) -> None:
+    """Status follows queue_seconds then expected_seconds; output and completed_at appear only at the end."""
+    request_id = (await submit(client, duration=2, num_steps=25)).json()["request_id"]
+    done_after = 1.0 + expected_seconds(2, 25)
+    seen: list[dict[str, Any]] = []
+    for moment in (0.0, 0.99, 1.0, done_after - 0.01, done_after):
+        clock.now = START + moment
+        seen.append((await poll(client, request_id)).json())
+    assert [body["status"] for body in seen] == ["QUEUED", "QUEUED", "PROCESSING", "PROCESSING", "COMPLETED"]
+    assert all(body["output"] is None and body["completed_at"] is None for body in seen[:-1])
+    assert all(body["error"] is None and body["model_id"] == "mmaudio-v2-text-to-audio" for body in seen)
+    assert seen[-1]["output"]["media_type"] == "audio/wav"
+    assert seen[-1]["completed_at"] == seen[-1]["updated_at"]
+
+
+async def test_defaults_give_the_documented_eight_second_clip_after_about_eighteen_seconds(
+    client: httpx2.AsyncClient, clock: FakeClock
+) -> None:
+    """duration 8 and num_steps 25 apply when omitted: 1 s queued + 17 s processing, 8 s of audio."""
+    assert expected_seconds(8, 25) == pytest.approx(17.0)
+    request_id = (await client.post(SUBMIT, json={"prompt": "a door slams"}, headers=KEY)).json()["request_id"]
+    clock.now = START + 17.9
+    assert (await poll(client, request_id)).json()["status"] == "PROCESSING"
+    clock.now = START + 18.0
+    body = (await poll(client, request_id)).json()
+    assert body["status"] == "COMPLETED"
+    audio = await client.get(body["output"]["media_url"][0])
+    assert len(riff_chunks(audio.content)[b"data"]) == 8 * 44100 * 4
+
+
+async def test_speed_scales_the_timeline_and_zero_completes_at_the_first_poll(clock: FakeClock) -> None:
+    """speed multiplies queue and processing time; 0 makes jobs finish immediately."""
+    for speed, queued_until in ((0.0, None), (2.0, 2.0)):
+        sandbox = create_sandbox(SandboxConfig(speed=speed, clock=clock))
+        async with client_for(sandbox) as client:
+            clock.now = START
+            request_id = (await submit(client)).json()["request_id"]
+            if queued_until is None:
+                assert (await poll(client, request_id)).json()["status"] == "COMPLETED"
+                continue
+            clock.now = START + queued_until - 0.01
+            assert (await poll(client, request_id)).json()["status"] == "QUEUED"
+            clock.now = START + speed * (1.0 + expected_seconds(2, 25)) - 0.01
+            assert (await poll(client, request_id)).json()["status"] == "PROCESSING"
+
+
+async def test_timestamps_come_in_the_two_shapes_the_real_service_mixes(
+    client: httpx2.AsyncClient, clock: FakeClock
+) -> None:
+    """created_at is ISO 8601 with milliseconds and Z; updated_at/completed_at are zone-less UTC."""
+    body = await finished_job(client, clock)
+    assert body["created_at"] == "2026-03-31T10:00:00.000Z"
+    assert datetime.fromisoformat(body["created_at"]).timestamp() == START
+    finished = datetime.strptime(body["completed_at"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    assert finished.timestamp() == pytest.approx(START + 1.0 + expected_seconds(2, 25), abs=1)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", body["updated_at"])
+
+
+async def test_an_unknown_request_id_gets_the_documented_404(client: httpx2.AsyncClient) -> None:
+    """Status of an id the gateway never issued is a JSON 404."""
+    response = await poll(client, "mmaudio-v2-text-to-audio_nope")
+    assert response.status_code == 404
+    assert response.json() == {"error": "Not Found", "message": "Request mmaudio-v2-text-to-audio_nope not found"}
+
+
+async def test_the_media_url_is_on_another_origin_and_serves_a_float_extensible_wav(
+    client: httpx2.AsyncClient, clock: FakeClock
+) -> None:
+    """The CDN origin swaps 127.0.0.1 for localhost; the WAV is 44.1 kHz mono float32 EXTENSIBLE with fact."""
+    body = await finished_job(client, clock, duration=3)
+    url = body["output"]["media_url"][0]
+    assert url == f"http://localhost/cdn/v1/{body['request_id']}/output.wav"
+    response = await client.get(url)
+    assert response.headers["content-type"] == "audio/wav"
+    assert int(response.headers["content-length"]) == len(response.content)
+    chunks = riff_chunks(response.content)
+    tag, channels, rate, byte_rate, align, bits, extra, valid, mask = struct.unpack("<HHIIHHHHI", chunks[b"fmt "][:24])
+    assert (tag, channels, rate, byte_rate, align, bits) == (0xFFFE, 1, 44100, 44100 * 4, 4, 32)
+    assert (extra, valid, mask, len(chunks[b"fmt "])) == (22, 32, 4, 40)
+    assert uuid.UUID(bytes_le=chunks[b"fmt "][24:40]) == FLOAT_SUBTYPE
+    assert struct.unpack("<I", chunks[b"fact"]) == (3 * 44100,)
+    assert len(chunks[b"data"]) == 3 * 44100 * 4
+
+
+@pytest.mark.parametrize(
+    ("base_url", "config_origin", "expected_origin"),
+    [
+        ("http://localhost:8123", None, "http://127.0.0.1:8123"),
+        ("http://sandbox.test:9000", None, "http://sandbox.test:9000"),
+        ("http://127.0.0.1", "https://cdn.example.com/", "https://cdn.example.com"),
+    ],
+)
+async def test_the_media_origin_keeps_scheme_and_port_or_uses_the_configured_one(
+    clock: FakeClock, base_url: str, config_origin: str | None, expected_origin: str
+) -> None:
+    """Host swaps only between localhost and 127.0.0.1; media_base_url overrides the derivation."""
+    sandbox = create_sandbox(SandboxConfig(clock=clock, media_base_url=config_origin))
+    async with client_for(sandbox, base_url) as client:
+        body = await finished_job(client, clock)
+    assert body["output"]["media_url"] == [f"{expected_origin}/cdn/v1/{body['request_id']}/output.wav"]
+
+
+async def test_sending_the_key_to_the_cdn_is_refused_and_counted(
+    client: httpx2.AsyncClient, clock: FakeClock, sandbox: Sandbox
+) -> None:
+    """A client that leaks the subscription key to the media origin gets 400 and shows up in rejected_keys."""
+    body = await finished_job(client, clock)
+    response = await client.get(body["output"]["media_url"][0], headers=KEY)
+    assert response.status_code == 400
+    assert response.json() == {"error": "Bad Request", "message": "credentials must not be sent to the CDN"}
+    assert sandbox.stats().rejected_keys == 1
+    assert sandbox.stats().media_fetches == {body["request_id"]: 1}
+
+
+async def test_media_of_a_job_that_is_not_completed_is_404(client: httpx2.AsyncClient) -> None:
+    """The CDN has nothing before COMPLETED, nor for ids it never saw."""
+    request_id = (await submit(client)).json()["request_id"]
+    early = await client.get(f"http://localhost/cdn/v1/{request_id}/output.wav")
+    unknown = await client.get("http://localhost/cdn/v1/mmaudio-v2-text-to-audio_nope/output.wav")
+    assert (early.status_code, unknown.status_code) == (404, 404)
+
+
+@pytest.mark.parametrize("prompt", ["ocean waves at night", "heavy rain", "a bell ding", "piano melody", "door slam"])
+async def test_every_kind_of_prompt_makes_audible_clip_length_audio_below_full_scale(
+    client: httpx2.AsyncClient, clock: FakeClock, prompt: str
+) -> None:
+    """Each sound family is exactly duration long, not silent, peaks below 0.9 and fades in from silence."""
+    samples = float_samples(await fetch_audio(client, clock, prompt=prompt, duration=2))
+    assert len(samples) == 2 * 44100
+    peak = max(max(samples), -min(samples))
+    assert 0.3 < peak < 0.9
+    assert abs(samples[0]) < 1e-3
+    assert abs(samples[-1]) < 1e-3
+
+
+async def test_audio_follows_the_prompt_and_is_deterministic_for_one_prompt(
+    client: httpx2.AsyncClient, clock: FakeClock
+) -> None:
+    """Rain and beep prompts sound different; the same prompt twice gives the same bytes."""
+    rain = await fetch_audio(client, clock, prompt="rain on a tin roof")
+    beep = await fetch_audio(client, clock, prompt="a short beep")
+    rain_again = await fetch_audio(client, clock, prompt="rain on a tin roof")
+    assert rain != beep
+    assert rain == rain_again
+
+
+async def test_a_thirty_second_clip_is_generated_well_under_a_second(
+    client: httpx2.AsyncClient, clock: FakeClock
+) -> None:
+    """The longest clip is cheap to build in pure Python, and cached for the next fetch."""
+    body = await finished_job(client, clock, prompt="a door slams twice", duration=30)
+    started = time.perf_counter()
+    first = await client.get(body["output"]["media_url"][0])
+    elapsed = time.perf_counter() - started
+    second = await client.get(body["output"]["media_url"][0])
+    assert elapsed < 1.0
+    assert len(riff_chunks(first.content)[b"data"]) == 30 * 44100 * 4
+    assert first.content == second.content
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "body"),
+    [
+        (FaultKind.FORBIDDEN, 403, None),
+        (FaultKind.BAD_REQUEST, 400, MODEL_NOT_FOUND),
+        (FaultKind.INSUFFICIENT_BALANCE, 402, NO_BALANCE),
+    ],
+)
+async def test_queue_system_faults_answer_submit_with_their_documented_json(
+    client: httpx2.AsyncClient, sandbox: Sandbox, kind: FaultKind, status: int, body: dict[str, str] | None
+) -> None:
+    """Forbidden, model-not-found and insufficient-balance faults give their status and {error, message} body."""
+    sandbox.add_fault(Fault(kind, times=1))
+    refused = await submit(client)
+    assert refused.status_code == status
+    assert set(refused.json()) == {"error", "message"}
+    if body is not None:
+        assert refused.json() == body
+    assert (await submit(client)).status_code == 202
+
+
+async def test_unauthorized_and_forbidden_faults_hit_status_polls_too(
+    client: httpx2.AsyncClient, sandbox: Sandbox
+) -> None:
+    """Auth faults apply to every gateway call, even with the right key."""
+    request_id = (await submit(client)).json()["request_id"]
+    sandbox.add_fault(Fault(FaultKind.UNAUTHORIZED, times=1))
+    sandbox.add_fault(Fault(FaultKind.FORBIDDEN, times=1))
+    assert (await poll(client, request_id)).status_code == 401
+    assert (await poll(client, request_id)).status_code == 403
+    assert (await poll(client, request_id)).status_code == 200
+
+
+async def test_rate_limiting_answers_429_with_retry_after_and_no_json(
+    client: httpx2.AsyncClient, sandbox: Sandbox
+) -> None:
+    """429 on submit and status carries Retry-After: 1 and a plain-text or empty body."""
+    request_id = (await submit(client)).json()["request_id"]
+    sandbox.add_fault(Fault(FaultKind.RATE_LIMITED, times=2))
+    responses = [await submit(client), await poll(client, request_id)]
+    for response in responses:
+        assert response.status_code == 429
+        assert response.headers["retry-after"] == "1"
+        assert not response.headers["content-type"].startswith("application/json")
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(response.content)
+    assert (await poll(client, request_id)).status_code == 200
+
+
+async def test_server_error_faults_answer_with_html_not_json(client: httpx2.AsyncClient, sandbox: Sandbox) -> None:
+    """SUBMIT_500 gives an HTML 500 on submit; POLL_500 alternates HTML 500 and 502 on polls."""
+    sandbox.add_fault(Fault(FaultKind.SUBMIT_500, times=1))
+    failed = await submit(client)
+    assert (failed.status_code, failed.headers["content-type"].split(";")[0]) == (500, "text/html")
+    assert failed.text.startswith("<html>")
+    request_id = (await submit(client)).json()["request_id"]
+    sandbox.add_fault(Fault(FaultKind.POLL_500, times=2))
+    codes = [(await poll(client, request_id)).status_code for _ in range(3)]
+    assert codes == [500, 502, 200]
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "error"),
+    [
+        (FaultKind.JOB_FAILED, "FAILED", "Generation failed: the model produced no audio"),
+        (FaultKind.JOB_ERROR, "ERROR", "Internal error; you were not charged"),
+    ],
+)
+async def test_job_faults_end_the_next_job_failed_or_error_with_no_output(
+    client: httpx2.AsyncClient, clock: FakeClock, sandbox: Sandbox, kind: FaultKind, status: str, error: str
+) -> None:
+    """A job created under a job fault ends with error text and output null; the one after it completes."""
+    sandbox.add_fault(Fault(kind, times=1))
+    request_id = (await submit(client)).json()["request_id"]
+    assert (await poll(client, request_id)).json()["error"] is None
+    next_job = await finished_job(client, clock)
+    body = (await poll(client, request_id)).json()
+    assert (body["status"], body["error"], body["output"]) == (status, error, None)
+    assert body["completed_at"] is not None
+    assert (await client.get(f"http://localhost/cdn/v1/{request_id}/output.wav")).status_code == 404
+    assert next_job["status"] == "COMPLETED"
+
+
+async def test_a_truncated_wav_promises_more_data_than_it_sends(
+    client: httpx2.AsyncClient, clock: FakeClock, sandbox: Sandbox
+) -> None:
+    """TRUNCATED_WAV keeps the header of the full file but cuts the body."""
+    body = await finished_job(client, clock)
+    sandbox.add_fault(Fault(FaultKind.TRUNCATED_WAV, times=1))
+    cut = (await client.get(body["output"]["media_url"][0])).content
+    whole = (await client.get(body["output"]["media_url"][0])).content
+    assert cut[:4] == b"RIFF"
+    assert struct.unpack("<I", cut[4:8])[0] + 8 > len(cut)
+    assert len(cut) < len(whole)
+    assert whole.startswith(cut)
+
+
+async def test_not_wav_and_media_404_faults_break_the_download(
+    client: httpx2.AsyncClient, clock: FakeClock, sandbox: Sandbox
+) -> None:
+    """NOT_WAV answers 200 with an HTML page; MEDIA_404 answers 404; both only as often as asked."""
+    url = (await finished_job(client, clock))["output"]["media_url"][0]
+    sandbox.add_fault(Fault(FaultKind.NOT_WAV, times=1))
+    sandbox.add_fault(Fault(FaultKind.MEDIA_404, times=1))
+    first, second, third = [await client.get(url) for _ in range(3)]
+    assert (first.status_code, first.content[:4]) == (200, b"<!DO")
+    assert second.status_code == 404
+    assert (third.status_code, third.content[:4]) == (200, b"RIFF")
+
+
+async def test_a_fault_without_times_fires_until_cleared_and_the_callers_fault_is_not_mutated(
+    client: httpx2.AsyncClient, sandbox: Sandbox
+) -> None:
+    """times=None repeats; times=N fires N times and counts down a copy, not the caller's object."""
+    counted = Fault(FaultKind.SUBMIT_500, times=2)
+    sandbox.add_fault(counted)
+    assert [(await submit(client)).status_code for _ in range(3)] == [500, 500, 202]
+    assert counted.times == 2
+    sandbox.add_fault(Fault(FaultKind.INSUFFICIENT_BALANCE))
+    assert [(await submit(client)).status_code for _ in range(3)] == [402, 402, 402]
+    sandbox.clear_faults()
+    assert (await submit(client)).status_code == 202
+    with pytest.raises(ValueError, match="times"):
+        sandbox.add_fault(Fault(FaultKind.NOT_WAV, times=0))
+
+
+async def test_stats_count_submits_polls_per_job_and_media_fetches(
+    client: httpx2.AsyncClient, clock: FakeClock, sandbox: Sandbox
+) -> None:
+    """Every request is counted on its route, per job, whatever the answer."""
+    first = (await submit(client)).json()["request_id"]
+    second = (await submit(client)).json()["request_id"]
+    for _ in range(3):
+        await poll(client, first)
+    clock.advance(3600)
+    url = (await poll(client, second)).json()["output"]["media_url"][0]
+    await client.get(url)
+    stats = sandbox.stats()
+    assert stats.submits == 2
+    assert stats.polls == {first: 3, second: 1}
+    assert stats.media_fetches == {second: 1}
+    assert stats.rejected_keys == 0
+
+
+async def test_admin_routes_inject_and_clear_faults_and_report_stats(client: httpx2.AsyncClient) -> None:
+    """/_sandbox/faults and /_sandbox/stats drive a sandbox running in another process; /healthz answers ok."""
+    added = await client.post("/_sandbox/faults", json={"kind": "insufficient_balance", "times": 1})
+    assert (added.status_code, added.json()) == (201, {"kind": "insufficient_balance", "times": 1})
+    assert (await submit(client)).status_code == 402
+    assert (await client.post("/_sandbox/faults", json={"kind": "submit_500", "times": None})).status_code == 201
+    assert (await client.delete("/_sandbox/faults")).status_code == 204
+    assert (await submit(client)).status_code == 202
+    stats = (await client.get("/_sandbox/stats")).json()
+    assert stats == {"submits": 2, "polls": {}, "media_fetches": {}, "rejected_keys": 0}
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    "body", [{"kind": "meteor"}, {"kind": "not_wav", "times": 0}, {"kind": "not_wav", "times": "2"}]
+)
+async def test_admin_refuses_unknown_fault_kinds_and_bad_counts(
+    client: httpx2.AsyncClient, body: dict[str, Any]
+) -> None:
+    """A malformed fault is a 400, not a crash or a silent no-op."""
+    response = await client.post("/_sandbox/faults", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"] == "Bad Request"
