@@ -1,0 +1,69 @@
+"""The command line as a person uses it: generate from a terminal, version, and refusing bad options."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmaudio_mcp.audio import read_wav_info
+from mmaudio_mcp.cli import main
+
+
+def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path / "home")}
+    env |= {"MMAUDIO_OUTPUT_DIR": str(tmp_path / "out"), "MMAUDIO_STATE_DIR": str(tmp_path / "state")}
+    return subprocess.run(
+        [sys.executable, "-m", "mmaudio_mcp", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def test_generate_with_the_sandbox_prints_the_path_of_a_real_wav(tmp_path: Path) -> None:
+    """`mmaudio-mcp generate ... --sandbox` needs no key, prints only the file path on stdout, and the WAV is real."""
+    done = run_cli(
+        tmp_path, "generate", "rain on a tin roof", "--duration", "3", "--sandbox", "--sandbox-speed", "0.05"
+    )
+    assert done.returncode == 0, done.stderr
+    path = Path(done.stdout.strip())
+    assert path.is_file()
+    assert path.is_relative_to(tmp_path / "out")
+    info = read_wav_info(path)
+    assert (info.sample_rate, info.channels, info.sample_format, info.duration_seconds) == (44100, 1, "float32", 3.0)
+
+
+def test_generate_refuses_out_of_range_options_with_exit_code_1(tmp_path: Path) -> None:
+    """A bad duration is explained on stderr and nothing is submitted."""
+    done = run_cli(tmp_path, "generate", "rain", "--duration", "31", "--sandbox")
+    assert done.returncode == 1
+    assert "duration" in done.stderr
+    assert done.stdout == ""
+
+
+def test_generate_without_a_key_says_how_to_set_one(tmp_path: Path) -> None:
+    """Without PIXAZO_API_KEY (and no --sandbox) the error names the variable and the sandbox alternative."""
+    done = run_cli(tmp_path, "generate", "rain")
+    assert done.returncode == 1
+    assert "PIXAZO_API_KEY" in done.stderr
+    assert "--sandbox" in done.stderr
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version prints the version; `serve --help` documents the transport and the sandbox switch."""
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert "mmaudio-mcp 0." in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    usage = capsys.readouterr().out
+    assert "--transport" in usage
+    assert "--sandbox" in usage
