@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Self
@@ -28,14 +27,8 @@ from mmaudio_mcp.errors import (
 )
 from mmaudio_mcp.models import AudioFile, AudioJob, JobError, JobRecord, JobStatus, is_valid_request_id
 from mmaudio_mcp.pixazo import PixazoClient, new_http_client
-from mmaudio_mcp.schedule import (
-    PollPolicy,
-    eta_seconds,
-    expected_seconds,
-    next_poll_delay,
-    progress_message,
-    seconds_per_unit,
-)
+from mmaudio_mcp.polling import Pollers, elapsed_seconds
+from mmaudio_mcp.schedule import PollPolicy, eta_seconds, expected_seconds, seconds_per_unit
 from mmaudio_mcp.store import SqliteJobStore
 
 if TYPE_CHECKING:
@@ -43,7 +36,6 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     import httpx2
-    from anyio.abc import TaskGroup
     from pydantic import SecretStr
 
     from mmaudio_mcp.models import GenerationParams, StatusReply
@@ -53,29 +45,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_INTERVAL: Final = 2.0
 HISTORY_SIZE: Final = 50
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass
-class _Watch:
-    """One job being polled, and everyone waiting on it."""
-
-    record: JobRecord
-    changed: anyio.Event = field(default_factory=anyio.Event)
-    waiters: int = 0
-    done: bool = False
-    failure: MmaudioError | None = None
-    note: str | None = None
-
-    def publish(self, record: JobRecord, *, done: bool = False) -> None:
-        self.record, self.done = record, done or self.done
-        self.changed.set()
-        self.changed = anyio.Event()
 
 
 class JobService:
@@ -95,23 +69,19 @@ class JobService:
         self._output_dir = output_dir
         self._max_media_bytes = max_media_bytes
         self._policy = policy or PollPolicy()
-        self._watches: dict[str, _Watch] = {}
+        self._pollers = Pollers(self._step, self._expected, self._policy)
         self._file_locks: dict[str, anyio.Lock] = {}
         self._rate = self._policy.prior_seconds_per_unit
-        self._task_group: TaskGroup | None = None
 
     async def __aenter__(self) -> Self:
         await self._learn_rate()
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
+        await self._pollers.__aenter__()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
-        assert self._task_group is not None
-        self._task_group.cancel_scope.cancel()
-        return await self._task_group.__aexit__(exc_type, exc, tb)
+        return await self._pollers.__aexit__(exc_type, exc, tb)
 
     # --- the three operations ---------------------------------------------------------------------------------------
 
@@ -122,7 +92,7 @@ class JobService:
         self._client.require_key()
         record = await self._submit(params)
         if wait_seconds > 0:
-            record = await self._wait(record, wait_seconds, progress)
+            record = await self._pollers.wait(record, wait_seconds, progress)
         return self.view(record)
 
     async def check(
@@ -132,9 +102,9 @@ class JobService:
         record = await self._find(request_id)
         if not record.status.is_terminal:
             if wait_seconds > 0:
-                record = await self._wait(record, wait_seconds, progress)
+                record = await self._pollers.wait(record, wait_seconds, progress)
             else:
-                record = await self._refresh(record)
+                record = await self._step(record)
         if record.status is JobStatus.COMPLETED and record.file is None:
             record = await self._ensure_file(record)
         return self.view(record)
@@ -144,7 +114,7 @@ class JobService:
         name = checked_filename(filename) if filename is not None else None
         record = await self._find(request_id)
         if not record.status.is_terminal:
-            record = await self._refresh(record)
+            record = await self._step(record)
         if record.status is not JobStatus.COMPLETED:
             raise _not_downloadable(self.view(record))
         record = await self._ensure_file(record, verify=True)
@@ -168,7 +138,7 @@ class JobService:
         """Describe a stored job the way tools report it."""
         if record.request_id is None:
             raise UnknownJobError("This job never received a request_id from Pixazo.")
-        elapsed = _elapsed(record)
+        elapsed = elapsed_seconds(record)
         running = not record.status.is_terminal
         return AudioJob(
             request_id=record.request_id,
@@ -208,85 +178,14 @@ class JobService:
         logger.info("submitted %s", reply.request_id)
         return record
 
-    # --- waiting and polling ----------------------------------------------------------------------------------------
+    # --- polling ----------------------------------------------------------------------------------------------------
 
-    async def _wait(self, record: JobRecord, wait_seconds: float, progress: ProgressCallback | None) -> JobRecord:
-        watch = self._watch(record)
-        watch.waiters += 1
-        try:
-            with anyio.move_on_after(wait_seconds):
-                while not watch.done:
-                    await self._report(watch, progress)
-                    with anyio.move_on_after(PROGRESS_INTERVAL):
-                        await watch.changed.wait()
-        finally:
-            watch.waiters -= 1
-        if watch.failure is not None:
-            raise watch.failure
-        await self._report(watch, progress)
-        return watch.record
-
-    def _watch(self, record: JobRecord) -> _Watch:
-        assert record.request_id is not None
-        watch = self._watches.get(record.request_id)
-        if watch is None:
-            if self._task_group is None:
-                raise RuntimeError("JobService must be used as an async context manager")
-            watch = self._watches[record.request_id] = _Watch(record)
-            self._task_group.start_soon(self._poll, watch, name=f"poll {record.request_id}")
-        return watch
-
-    async def _poll(self, watch: _Watch) -> None:
-        """Poll one job until it finishes or nobody waits any more; fan each answer out to every waiter."""
-        request_id = watch.record.request_id
-        assert request_id is not None
-        try:
-            while watch.waiters > 0 and not watch.done:
-                await anyio.sleep(self._delay(watch))
-                if watch.waiters == 0:
-                    break
-                await self._poll_once(watch)
-        except MmaudioError as exc:
-            watch.failure = exc
-            watch.publish(watch.record, done=True)
-        finally:
-            del self._watches[request_id]
-
-    async def _poll_once(self, watch: _Watch) -> None:
-        try:
-            reply = await self._client.status(watch.record.request_id or "")
-        except MmaudioError as exc:
-            if not exc.retryable:
-                raise
-            watch.note = exc.message
-            return
-        watch.note = None
-        record = await self._apply(watch.record, reply)
-        if record.status is JobStatus.COMPLETED:
-            watch.publish(record)
-            with anyio.CancelScope(shield=True):  # a paid result is fetched even if the last waiter leaves
-                record = await self._ensure_file(record)
-        watch.publish(record, done=record.status.is_terminal)
-
-    def _delay(self, watch: _Watch) -> float:
-        delay = next_poll_delay(_elapsed(watch.record), self._expected(watch.record), self._policy)
-        return max(delay, self._policy.ceiling) if watch.note else delay
-
-    async def _report(self, watch: _Watch, progress: ProgressCallback | None) -> None:
-        if progress is None:
-            return
-        record = watch.record
-        elapsed, expected = _elapsed(record), self._expected(record)
-        message = progress_message(record.status, elapsed, expected)
-        if watch.note:
-            message += f" (last poll: {watch.note})"
-        total = elapsed if record.status.is_terminal else max(expected, elapsed + 1.0)
-        await progress(round(elapsed, 1), round(total, 1), message)
-
-    async def _refresh(self, record: JobRecord) -> JobRecord:
+    async def _step(self, record: JobRecord) -> JobRecord:
+        """Poll once; once the job is complete, fetch its audio (even if the caller goes away meanwhile)."""
         record = await self._apply(record, await self._client.status(record.request_id or ""))
         if record.status is JobStatus.COMPLETED:
-            record = await self._ensure_file(record)
+            with anyio.CancelScope(shield=True):  # a paid result is saved even if the last waiter leaves
+                record = await self._ensure_file(record)
         return record
 
     async def _apply(self, record: JobRecord, reply: StatusReply) -> JobRecord:
@@ -374,16 +273,10 @@ class JobService:
         self._rate = seconds_per_unit(await self._store.recent(HISTORY_SIZE), self._policy)
 
 
-def _elapsed(record: JobRecord) -> float:
-    start = record.submitted_at or record.created_at
-    end = record.completed_at if record.status.is_terminal and record.completed_at else _now()
-    return max((end - start).total_seconds(), 0.0)
-
-
 def _run_seconds(record: JobRecord, reply: StatusReply) -> float | None:
     if reply.created_at and reply.completed_at:
         return max((reply.completed_at - reply.created_at).total_seconds(), 0.0)
-    return _elapsed(record) if record.submitted_at else None
+    return elapsed_seconds(record) if record.submitted_at else None
 
 
 def _failure(reply: StatusReply) -> JobError:

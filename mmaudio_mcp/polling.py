@@ -1,0 +1,148 @@
+"""One poller per job, however many callers wait on it: each answer fans out to every waiter.
+
+A poller runs while someone waits and stops when the last waiter leaves (the job itself goes on upstream and in
+the store; the next waiter starts a new poller). Waiters get progress every couple of seconds and on every change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final, Self
+
+import anyio
+
+from mmaudio_mcp.errors import MmaudioError, NetworkError, RateLimitedError, UpstreamUnavailableError
+from mmaudio_mcp.schedule import next_poll_delay, progress_message
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from types import TracebackType
+
+    from anyio.abc import TaskGroup
+
+    from mmaudio_mcp.models import JobRecord
+    from mmaudio_mcp.schedule import PollPolicy
+
+    ProgressCallback = Callable[[float, float | None, str], Awaitable[None]]
+    Step = Callable[[JobRecord], Awaitable[JobRecord]]
+
+PROGRESS_INTERVAL: Final = 2.0
+_TRANSIENT: Final = (NetworkError, RateLimitedError, UpstreamUnavailableError)
+"""Failures of the status poll itself, which the next poll may not meet; anything else ends the wait."""
+
+
+def elapsed_seconds(record: JobRecord) -> float:
+    """Seconds from the submit to the end of the job (or to now while it runs)."""
+    start = record.submitted_at or record.created_at
+    end = record.completed_at if record.status.is_terminal and record.completed_at else datetime.now(UTC)
+    return max((end - start).total_seconds(), 0.0)
+
+
+@dataclass
+class _Watch:
+    """One job being polled, and how many wait on it."""
+
+    record: JobRecord
+    changed: anyio.Event = field(default_factory=anyio.Event)
+    waiters: int = 0
+    done: bool = False
+    failure: MmaudioError | None = None
+    note: str | None = None
+
+    def publish(self, record: JobRecord, *, done: bool = False) -> None:
+        self.record, self.done = record, done or self.done
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
+class Pollers:
+    """Run `step` (one status poll, and the download once complete) on the adaptive schedule, per job."""
+
+    def __init__(self, step: Step, expected: Callable[[JobRecord], float], policy: PollPolicy) -> None:
+        self._step = step
+        self._expected = expected
+        self._policy = policy
+        self._watches: dict[str, _Watch] = {}
+        self._task_group: TaskGroup | None = None
+
+    async def __aenter__(self) -> Self:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        assert self._task_group is not None
+        self._task_group.cancel_scope.cancel()
+        return await self._task_group.__aexit__(exc_type, exc, tb)
+
+    async def wait(self, record: JobRecord, seconds: float, progress: ProgressCallback | None) -> JobRecord:
+        """Wait up to `seconds` for the job to finish, reporting progress; return the latest record."""
+        watch = self._watch(record)
+        watch.waiters += 1
+        try:
+            with anyio.move_on_after(seconds):
+                while not watch.done:
+                    await self._report(watch, progress)
+                    with anyio.move_on_after(PROGRESS_INTERVAL):
+                        await watch.changed.wait()
+        finally:
+            watch.waiters -= 1
+        if watch.failure is not None:
+            raise watch.failure
+        await self._report(watch, progress)
+        return watch.record
+
+    def _watch(self, record: JobRecord) -> _Watch:
+        assert record.request_id is not None
+        watch = self._watches.get(record.request_id)
+        if watch is None:
+            if self._task_group is None:
+                raise RuntimeError("Pollers must be used as an async context manager")
+            watch = self._watches[record.request_id] = _Watch(record)
+            self._task_group.start_soon(self._poll, watch, name=f"poll {record.request_id}")
+        return watch
+
+    async def _poll(self, watch: _Watch) -> None:
+        request_id = watch.record.request_id
+        assert request_id is not None
+        try:
+            while watch.waiters > 0 and not watch.done:
+                await anyio.sleep(self._delay(watch))
+                if watch.waiters == 0:
+                    break
+                await self._poll_once(watch)
+        except MmaudioError as exc:
+            watch.failure = exc
+            watch.publish(watch.record, done=True)
+        finally:
+            del self._watches[request_id]
+
+    async def _poll_once(self, watch: _Watch) -> None:
+        try:
+            record = await self._step(watch.record)
+        except _TRANSIENT as exc:
+            watch.note = exc.message  # said in the progress message; the next poll comes after a longer pause
+            return
+        watch.note = None
+        watch.publish(record, done=record.status.is_terminal)
+
+    def _delay(self, watch: _Watch) -> float:
+        delay = next_poll_delay(elapsed_seconds(watch.record), self._expected(watch.record), self._policy)
+        return max(delay, self._policy.ceiling) if watch.note else delay
+
+    async def _report(self, watch: _Watch, progress: ProgressCallback | None) -> None:
+        if progress is None:
+            return
+        record = watch.record
+        elapsed, expected = elapsed_seconds(record), self._expected(record)
+        message = progress_message(record.status, elapsed, expected)
+        if watch.note:
+            message += f" (last poll: {watch.note})"
+        total = elapsed if record.status.is_terminal else max(expected, elapsed + 1.0)
+        await progress(round(elapsed, 1), round(total, 1), message)
+
+
+__all__ = ["PROGRESS_INTERVAL", "Pollers", "elapsed_seconds"]
