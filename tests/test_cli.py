@@ -67,3 +67,34 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     usage = capsys.readouterr().out
     assert "--transport" in usage
     assert "--sandbox" in usage
+
+
+def test_the_sandbox_command_serves_the_fake_gateway_on_the_given_port(tmp_path: Path) -> None:
+    """`mmaudio-mcp sandbox --port N` answers the documented submit path with the sandbox key."""
+    import socket
+    import time
+
+    import httpx2
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}
+    command = [sys.executable, "-m", "mmaudio_mcp", "sandbox", "--port", str(port), "--speed", "0"]
+    process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}/mmaudio-v2-text-to-audio/v1/mmaudio-v2-text-to-audio-request"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                reply = httpx2.post(url, json={"prompt": "rain"}, headers={"Ocp-Apim-Subscription-Key": "sandbox-key"})
+                break
+            except httpx2.ConnectError:
+                assert time.monotonic() < deadline, "the sandbox did not start"
+                time.sleep(0.1)
+        assert reply.status_code == 202
+        assert reply.json()["request_id"].startswith("mmaudio-v2-text-to-audio_")
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=10)
+    assert b"sandbox-key" in stderr
