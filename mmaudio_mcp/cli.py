@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,8 +16,6 @@ from mmaudio_mcp import __version__
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Sequence
-
-    from starlette.types import ASGIApp
 
     from mmaudio_mcp.models import AudioJob, GenerationParams
     from mmaudio_mcp.schedule import PollPolicy
@@ -60,7 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="{serve,generate,sandbox}")
 
     serve = commands.add_parser("serve", help="serve MCP (the default when no command is given)")
-    serve.add_argument("--transport", default="stdio", choices=["stdio"], help="how hosts connect (default stdio)")
+    serve.add_argument(
+        "--transport", choices=["stdio", "sse", "streamable-http"], help="how hosts connect (MMAUDIO_TRANSPORT; stdio)"
+    )
+    serve.add_argument("--host", help="address for the HTTP transports (MMAUDIO_HOST; 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port for the HTTP transports (MMAUDIO_PORT; 8000)")
     serve.add_argument("--wait-seconds", type=float, help="default wait inside one tool call (MMAUDIO_WAIT_SECONDS)")
     _add_common(serve)
 
@@ -107,9 +108,10 @@ async def _serve(args: argparse.Namespace) -> None:
     from mmaudio_mcp.server import build_server
     from mmaudio_mcp.transport import Transport, serve
 
-    settings = _settings(args, wait_seconds=args.wait_seconds)
+    settings = _settings(args, wait_seconds=args.wait_seconds, transport=args.transport, host=args.host, port=args.port)
     async with _gateway(args, settings) as (settings, policy):
-        await serve(build_server(settings, policy=policy), Transport(args.transport))
+        server = build_server(settings, policy=policy)
+        await serve(server, Transport(settings.transport), host=settings.host, port=settings.port)
 
 
 @asynccontextmanager
@@ -120,6 +122,7 @@ async def _gateway(args: argparse.Namespace, settings: Settings) -> AsyncGenerat
         return
     from mmaudio_mcp.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
     from mmaudio_mcp.schedule import PollPolicy
+    from mmaudio_mcp.transport import serve_on_loopback
 
     async with serve_on_loopback(create_sandbox(SandboxConfig(speed=args.sandbox_speed)).app) as url:
         logger.warning("sandbox mode: fake Pixazo gateway at %s; no real audio is generated", url)
@@ -138,28 +141,6 @@ def _secret(value: str) -> Any:
     from pydantic import SecretStr
 
     return SecretStr(value)
-
-
-@asynccontextmanager
-async def serve_on_loopback(app: ASGIApp) -> AsyncGenerator[str]:
-    """Serve an ASGI app (the sandbox) on a free loopback port inside this event loop; yield its base URL."""
-    import anyio
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    # log_config=None and no access log: uvicorn's defaults would write to stdout, which stdio hosts read.
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the host owns signals
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(server.serve, [sock])
-        while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
-            await anyio.sleep(0.01)
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
 
 
 def _run_sandbox(host: str, port: int, speed: float) -> None:
@@ -236,4 +217,4 @@ async def _generate(args: argparse.Namespace, params: GenerationParams) -> Audio
         return job
 
 
-__all__ = ["main", "serve_on_loopback"]
+__all__ = ["main"]

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,13 +64,16 @@ class JobService:
         *,
         max_media_bytes: int = DEFAULT_MAX_BYTES,
         policy: PollPolicy | None = None,
+        webhook_base: str | None = None,
     ) -> None:
         self._client = client
         self._store = store
         self._output_dir = output_dir
         self._max_media_bytes = max_media_bytes
         self._policy = policy or PollPolicy()
-        self._pollers = Pollers(self._step, self._expected, self._policy)
+        self._webhook_base = webhook_base
+        self._pollers = Pollers(self._step, self._expected, self._policy, webhooks=webhook_base is not None)
+        self._webhook_jobs: dict[str, str] = {}
         self._file_locks: dict[str, anyio.Lock] = {}
         self._rate = self._policy.prior_seconds_per_unit
 
@@ -130,6 +134,24 @@ class JobService:
         assert job.file is not None
         return await anyio.Path(job.file.path).read_bytes()
 
+    async def on_webhook(self, token: str) -> bool:
+        """Handle a callback for the job owning this token: poll it now. The body is never trusted (callbacks are
+        not signed), so only the status Pixazo gives us matters; duplicates are harmless. False if unknown."""
+        request_id = self._webhook_jobs.get(token)
+        if request_id is None:
+            pending = [job for job in await self._store.unfinished() if job.webhook_token == token]
+            request_id = pending[0].request_id if pending else None
+        record = await self._store.get(request_id) if request_id else None
+        if record is None:
+            return False
+        if not record.status.is_terminal:
+            self._pollers.wake(record)
+        return True
+
+    async def unfinished(self) -> list[JobRecord]:
+        """Return jobs that have not finished (to resume after a restart), including unanswered submits."""
+        return await self._store.unfinished()
+
     async def recent(self, limit: int = 20) -> list[JobRecord]:
         """Return the newest jobs, including ones whose submit never got an answer."""
         return await self._store.recent(limit)
@@ -159,10 +181,12 @@ class JobService:
 
     async def _submit(self, params: GenerationParams) -> JobRecord:
         now = _now()
-        record = JobRecord(local_id=uuid4().hex, params=params, created_at=now, updated_at=now)
+        token = secrets.token_urlsafe(24) if self._webhook_base else None
+        record = JobRecord(local_id=uuid4().hex, params=params, created_at=now, updated_at=now, webhook_token=token)
         await self._store.save(record)
+        webhook_url = f"{self._webhook_base}/webhooks/{token}" if token else None
         try:
-            reply = await self._client.submit(params)
+            reply = await self._client.submit(params, webhook_url=webhook_url)
         except (SubmissionUncertainError, UpstreamUnavailableError) as exc:
             await self._store.save(_with_error(record, exc))
             raise
@@ -175,6 +199,8 @@ class JobService:
         )
         with anyio.CancelScope(shield=True):  # the 202 arrived: this row must exist even if the call is cancelled
             await self._store.save(record)
+        if token:
+            self._webhook_jobs[token] = reply.request_id
         logger.info("submitted %s", reply.request_id)
         return record
 
@@ -321,13 +347,14 @@ async def open_job_service(
     output_dir: Path,
     http_transport: httpx2.AsyncBaseTransport | None = None,
     policy: PollPolicy | None = None,
+    webhook_base: str | None = None,
 ) -> AsyncGenerator[JobService]:
     """Assemble the HTTP client, the store and the service, and close them in order afterwards."""
     async with new_http_client(http_transport) as http:
         store = await SqliteJobStore.open(state_dir)
         try:
             client = PixazoClient(http, api_key, gateway_url)
-            async with JobService(client, store, output_dir, policy=policy) as service:
+            async with JobService(client, store, output_dir, policy=policy, webhook_base=webhook_base) as service:
                 yield service
         finally:
             with anyio.CancelScope(shield=True):

@@ -107,6 +107,7 @@ class JobRecord(BaseModel):
     completed_at: datetime | None = None
     media_url: str | None = None
     run_seconds: float | None = Field(default=None, description="How long Pixazo took, for learning the ETA.")
+    webhook_token: str | None = Field(default=None, description="Secret path part of this job's webhook URL.")
     error: JobError | None = None
     file: AudioFile | None = None
 

@@ -77,11 +77,14 @@ class PixazoClient:
         if self._key is None:
             raise ConfigurationError(_MISSING_KEY)
 
-    async def submit(self, params: GenerationParams) -> SubmitReply:
+    async def submit(self, params: GenerationParams, *, webhook_url: str | None = None) -> SubmitReply:
         """Ask Pixazo for one job; never resend once the request may have reached the service."""
+        headers = self._headers()
+        if webhook_url:
+            headers |= {"X-Webhook-URL": webhook_url, "X-Webhook-Mode": "terminal"}
         async for attempt in stamina.retry_context(on=_submit_backoff, attempts=4, timeout=90.0, wait_max=10.0):
             with attempt:
-                return await self._submit_once(params)
+                return await self._submit_once(params, headers)
         raise AssertionError("unreachable: stamina re-raises the last failure")  # pragma: no cover
 
     async def status(self, request_id: str) -> StatusReply:
@@ -101,10 +104,10 @@ class PixazoClient:
         finally:
             await response.aclose()
 
-    async def _submit_once(self, params: GenerationParams) -> SubmitReply:
+    async def _submit_once(self, params: GenerationParams, headers: dict[str, str]) -> SubmitReply:
         url = self._base_url + SUBMIT_PATH
         try:
-            response = await self._http.post(url, json=params.model_dump(), headers=self._headers())
+            response = await self._http.post(url, json=params.model_dump(), headers=headers)
         except _NOT_SENT as exc:
             raise NetworkError(_unreachable(exc), before_sending=True) from exc
         except httpx2.HTTPError as exc:

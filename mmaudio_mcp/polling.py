@@ -6,6 +6,7 @@ the store; the next waiter starts a new poller). Waiters get progress every coup
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Self
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Final, Self
 import anyio
 
 from mmaudio_mcp.errors import MmaudioError, NetworkError, RateLimitedError, UpstreamUnavailableError
-from mmaudio_mcp.schedule import next_poll_delay, progress_message
+from mmaudio_mcp.schedule import fallback_poll_delay, next_poll_delay, progress_message
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
     ProgressCallback = Callable[[float, float | None, str], Awaitable[None]]
     Step = Callable[[JobRecord], Awaitable[JobRecord]]
+
+logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL: Final = 2.0
 _TRANSIENT: Final = (NetworkError, RateLimitedError, UpstreamUnavailableError)
@@ -45,6 +48,7 @@ class _Watch:
 
     record: JobRecord
     changed: anyio.Event = field(default_factory=anyio.Event)
+    wake: anyio.Event = field(default_factory=anyio.Event)
     waiters: int = 0
     done: bool = False
     failure: MmaudioError | None = None
@@ -59,10 +63,13 @@ class _Watch:
 class Pollers:
     """Run `step` (one status poll, and the download once complete) on the adaptive schedule, per job."""
 
-    def __init__(self, step: Step, expected: Callable[[JobRecord], float], policy: PollPolicy) -> None:
+    def __init__(
+        self, step: Step, expected: Callable[[JobRecord], float], policy: PollPolicy, *, webhooks: bool = False
+    ) -> None:
         self._step = step
         self._expected = expected
         self._policy = policy
+        self._webhooks = webhooks
         self._watches: dict[str, _Watch] = {}
         self._task_group: TaskGroup | None = None
 
@@ -95,6 +102,21 @@ class Pollers:
         await self._report(watch, progress)
         return watch.record
 
+    def wake(self, record: JobRecord) -> None:
+        """Poll this job now (a webhook said it changed): through its poller, or once in the background."""
+        assert record.request_id is not None
+        watch = self._watches.get(record.request_id)
+        if watch is not None:
+            watch.wake.set()
+        elif self._task_group is not None:
+            self._task_group.start_soon(self._step_in_background, record, name=f"webhook {record.request_id}")
+
+    async def _step_in_background(self, record: JobRecord) -> None:
+        try:
+            await self._step(record)
+        except MmaudioError as exc:
+            logger.warning("background poll of %s failed: %s", record.request_id, exc.message)
+
     def _watch(self, record: JobRecord) -> _Watch:
         assert record.request_id is not None
         watch = self._watches.get(record.request_id)
@@ -110,7 +132,9 @@ class Pollers:
         assert request_id is not None
         try:
             while watch.waiters > 0 and not watch.done:
-                await anyio.sleep(self._delay(watch))
+                with anyio.move_on_after(self._delay(watch)):
+                    await watch.wake.wait()
+                watch.wake = anyio.Event()
                 if watch.waiters == 0:
                     break
                 await self._poll_once(watch)
@@ -130,7 +154,8 @@ class Pollers:
         watch.publish(record, done=record.status.is_terminal)
 
     def _delay(self, watch: _Watch) -> float:
-        delay = next_poll_delay(elapsed_seconds(watch.record), self._expected(watch.record), self._policy)
+        schedule = fallback_poll_delay if self._webhooks else next_poll_delay
+        delay = schedule(elapsed_seconds(watch.record), self._expected(watch.record), self._policy)
         return max(delay, self._policy.ceiling) if watch.note else delay
 
     async def _report(self, watch: _Watch, progress: ProgressCallback | None) -> None:

@@ -63,6 +63,13 @@ def next_poll_delay(elapsed: float, expected: float, policy: PollPolicy) -> floa
     return min(max(policy.floor, policy.floor + 0.2 * overdue), policy.ceiling)
 
 
+def fallback_poll_delay(elapsed: float, expected: float, policy: PollPolicy) -> float:
+    """With webhooks, polls are only a safety net: one well after the expected end, then rarely."""
+    safety_net = expected * 1.25 + policy.ceiling
+    remaining = safety_net - elapsed
+    return min(remaining, policy.first_poll_cap) if remaining > policy.floor else 3 * policy.ceiling
+
+
 def eta_seconds(elapsed: float, expected: float) -> float:
     """Seconds left by the estimate; once overdue, a small positive number rather than a negative one."""
     return max(expected - elapsed, 1.0)
@@ -79,6 +86,7 @@ __all__ = [
     "PollPolicy",
     "eta_seconds",
     "expected_seconds",
+    "fallback_poll_delay",
     "next_poll_delay",
     "progress_message",
     "seconds_per_unit",

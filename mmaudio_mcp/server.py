@@ -14,6 +14,8 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.server.mcpserver.tools import Tool
 from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
+from starlette.requests import Request  # noqa: TC002 (route signatures are read at runtime)
+from starlette.responses import JSONResponse, Response
 
 from mmaudio_mcp import __version__
 from mmaudio_mcp.errors import InvalidArgumentError, MmaudioError, UnknownJobError
@@ -110,6 +112,7 @@ def build_server(
             output_dir=settings.output_dir,
             http_transport=http_transport,
             policy=policy,
+            webhook_base=settings.public_url if settings.transport != "stdio" else None,
         ) as jobs:
             live.state = AppState(jobs=jobs)
             try:
@@ -128,6 +131,7 @@ def build_server(
         tools=_tools(settings.wait_seconds),
     )
     _add_resources(server, live)
+    _add_routes(server, live)
     return server
 
 
@@ -219,6 +223,32 @@ def _add_resources(server: MCPServer[AppState], live: _Live) -> None:
     async def recent_jobs() -> str:
         records = await live.jobs.recent(20)
         return json.dumps([job_listing(record) for record in records], indent=1)
+
+    @server.resource(
+        "mmaudio://jobs/unfinished",
+        name="unfinished-jobs",
+        title="Unfinished audio jobs",
+        mime_type="application/json",
+        description="Jobs still running or interrupted (e.g. by a restart); resume one with check_status.",
+    )
+    async def unfinished_jobs() -> str:
+        records = await live.jobs.unfinished()
+        return json.dumps([job_listing(record) for record in records], indent=1)
+
+
+def _add_routes(server: MCPServer[AppState], live: _Live) -> None:
+    """HTTP-only routes: a health probe and the webhook receiver (both outside MCP auth by design)."""
+
+    @server.custom_route("/healthz", methods=["GET"])
+    async def healthz(_: Request) -> Response:
+        ready = live.state is not None
+        return JSONResponse({"status": "ok" if ready else "starting"}, status_code=200 if ready else 503)
+
+    @server.custom_route("/webhooks/{token}", methods=["POST"])
+    async def webhook(request: Request) -> Response:
+        # The unguessable token is the only credential; the body is ignored (Pixazo's callbacks are unsigned).
+        known = live.state is not None and await live.jobs.on_webhook(request.path_params["token"])
+        return Response(status_code=202 if known else 404)
 
 
 def _jobs(ctx: Context[AppState]) -> JobService:

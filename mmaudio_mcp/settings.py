@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,16 +45,26 @@ class Settings(BaseSettings):
     http_token: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("MMAUDIO_HTTP_TOKEN", "http_token")
     )
+    transport: Literal["stdio", "sse", "streamable-http"] = Field(
+        default="stdio", validation_alias=AliasChoices("MMAUDIO_TRANSPORT", "transport")
+    )
+    host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("MMAUDIO_HOST", "host"))
+    port: int = Field(default=8000, ge=0, le=65535, validation_alias=AliasChoices("MMAUDIO_PORT", "port"))
+    public_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MMAUDIO_PUBLIC_URL", "public_url"),
+        description="Where Pixazo can reach this server over HTTP(S); enables webhooks instead of frequent polls.",
+    )
 
-    @field_validator("api_key", "http_token", mode="before")
+    @field_validator("api_key", "http_token", "public_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("gateway_url")
+    @field_validator("gateway_url", "public_url")
     @classmethod
-    def _strip_trailing_slash(cls, value: str) -> str:
-        return value.rstrip("/")
+    def _strip_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else None
 
     @field_validator("output_dir", "state_dir")
     @classmethod

@@ -13,8 +13,8 @@ import anyio
 from anyio.streams.text import TextReceiveStream
 from mcp import Client, StdioServerParameters
 
-from mmaudio_mcp.cli import serve_on_loopback
 from mmaudio_mcp.sandbox import Fault, FaultKind, SandboxConfig, create_sandbox
+from mmaudio_mcp.transport import serve_on_loopback
 
 if TYPE_CHECKING:
     from anyio.abc import Process
