@@ -116,6 +116,8 @@ class Pollers:
             await self._step(record)
         except MmaudioError as exc:
             logger.warning("background poll of %s failed: %s", record.request_id, exc.message)
+        except Exception:  # never let one job's bug end the task group the others share
+            logger.exception("background poll of %s failed unexpectedly", record.request_id)
 
     def _watch(self, record: JobRecord) -> _Watch:
         assert record.request_id is not None
@@ -140,6 +142,13 @@ class Pollers:
                 await self._poll_once(watch)
         except MmaudioError as exc:
             watch.failure = exc
+            watch.publish(watch.record, done=True)
+        except Exception as exc:  # a bug must end this wait, not the task group every other job shares
+            logger.exception("polling %s failed unexpectedly", request_id)
+            watch.failure = MmaudioError(
+                f"Internal error while waiting for {request_id} ({type(exc).__name__}); the job is kept: "
+                "try check_status again."
+            )
             watch.publish(watch.record, done=True)
         finally:
             del self._watches[request_id]

@@ -105,6 +105,9 @@ def build_server(
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncGenerator[AppState]:
+        if live.state is not None:  # SSE enters the lifespan per connection: share the app-wide service
+            yield live.state
+            return
         async with open_job_service(
             api_key=settings.api_key,
             gateway_url=settings.gateway_url,

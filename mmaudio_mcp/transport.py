@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
 
     from mcp.server import MCPServer
+    from starlette.applications import Starlette
     from starlette.types import ASGIApp
 
 LOOPBACK: Final = "127.0.0.1"
@@ -30,12 +31,28 @@ class Transport(StrEnum):
     STREAMABLE_HTTP = "streamable-http"
 
 
-def http_app(server: MCPServer[Any], transport: Transport, host: str = LOOPBACK) -> ASGIApp:
+def http_app(server: MCPServer[Any], transport: Transport, host: str = LOOPBACK) -> Starlette:
     """Build the Starlette app for an HTTP transport (with the server's custom routes, e.g. /healthz)."""
     if transport is Transport.SSE:
-        return server.sse_app(host=host)
+        return _with_server_lifespan(server.sse_app(host=host), server)
     # Default (SSE-capable) responses: JSON-only mode would drop progress notifications and cancellation.
     return server.streamable_http_app(host=host)
+
+
+def _with_server_lifespan(app: Starlette, server: MCPServer[Any]) -> Starlette:
+    """Open the server's resources once for the app: the SDK's SSE transport runs the lifespan per connection,
+    which would give each client its own job service, pollers and database connection."""
+    lifespan = server.settings.lifespan
+    if lifespan is None:
+        return app
+
+    @asynccontextmanager
+    async def app_lifespan(_: Starlette) -> AsyncGenerator[None]:
+        async with lifespan(server):
+            yield
+
+    app.router.lifespan_context = app_lifespan
+    return app
 
 
 async def serve(

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.streams.text import TextReceiveStream
@@ -15,52 +13,7 @@ from mcp import Client, StdioServerParameters
 
 from mmaudio_mcp.sandbox import Fault, FaultKind, SandboxConfig, create_sandbox
 from mmaudio_mcp.transport import serve_on_loopback
-
-if TYPE_CHECKING:
-    from anyio.abc import Process
-
-PROTOCOL_VERSION = "2025-11-25"
-
-
-def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """The few variables a host passes, plus ours; nothing inherited by accident."""
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path / "home")}
-    env |= {"MMAUDIO_OUTPUT_DIR": str(tmp_path / "out"), "MMAUDIO_STATE_DIR": str(tmp_path / "state")}
-    return env | extra
-
-
-class RawSession:
-    """Speak newline-delimited JSON-RPC to the process and keep every byte it writes."""
-
-    def __init__(self, process: Process) -> None:
-        self.process = process
-        self.stdout_lines: list[str] = []
-        self._buffer = ""
-        self._next_id = 0
-
-    async def send(self, method: str, params: dict[str, Any] | None = None, *, notify: bool = False) -> int:
-        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params or {}}
-        if not notify:
-            self._next_id += 1
-            message["id"] = self._next_id
-        assert self.process.stdin is not None
-        await self.process.stdin.send((json.dumps(message) + "\n").encode())
-        return self._next_id
-
-    async def until_response(self, request_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Read messages until the response to request_id; return it and the notifications seen meanwhile."""
-        notes: list[dict[str, Any]] = []
-        assert self.process.stdout is not None
-        async for chunk in TextReceiveStream(self.process.stdout):
-            self._buffer += chunk
-            while "\n" in self._buffer:
-                line, self._buffer = self._buffer.split("\n", 1)
-                self.stdout_lines.append(line)
-                message = json.loads(line)
-                if message.get("id") == request_id:
-                    return message, notes
-                notes.append(message)
-        raise AssertionError("the server closed stdout before answering")
+from tests.processes import PROTOCOL_VERSION, RawSession, server_env
 
 
 async def test_stdio_carries_only_protocol_messages_and_never_the_key(tmp_path: Path) -> None:
