@@ -8,6 +8,7 @@ import os
 import re
 import struct
 import tempfile
+import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,6 +333,23 @@ async def save_wav(chunks: AsyncIterable[bytes], dest: Path, *, max_bytes: int =
     return _audio_file(final, part.size, part.digest.hexdigest(), info)
 
 
+async def remove_stale_parts(folder: Path, *, older_than: float = 3600.0) -> int:
+    """Delete temporary download files left by a killed process (older than an hour, so that another process's
+    download in progress is never touched); return how many were removed."""
+    return await anyio.to_thread.run_sync(_remove_stale_parts, folder, older_than)
+
+
+def _remove_stale_parts(folder: Path, older_than: float) -> int:
+    cutoff = time.time() - older_than
+    removed = 0
+    for part in folder.glob(".*.part") if folder.is_dir() else ():
+        with contextlib.suppress(OSError):
+            if part.is_file() and not part.is_symlink() and part.stat().st_mtime < cutoff:
+                part.unlink()
+                removed += 1
+    return removed
+
+
 async def copy_wav(source: Path, sha256: str, dest: Path) -> AudioFile:
     """Copy a WAV to dest through the same checked, atomic path as a download; never replace other audio."""
     target = anyio.Path(dest)
@@ -409,6 +427,7 @@ __all__ = [
     "file_uri",
     "parse_wav",
     "read_wav_info",
+    "remove_stale_parts",
     "save_wav",
     "verify_file",
 ]

@@ -15,7 +15,15 @@ from uuid import uuid4
 
 import anyio
 
-from mmaudio_mcp.audio import DEFAULT_MAX_BYTES, audio_filename, checked_filename, copy_wav, save_wav, verify_file
+from mmaudio_mcp.audio import (
+    DEFAULT_MAX_BYTES,
+    audio_filename,
+    checked_filename,
+    copy_wav,
+    remove_stale_parts,
+    save_wav,
+    verify_file,
+)
 from mmaudio_mcp.errors import (
     InvalidArgumentError,
     JobFailedError,
@@ -79,6 +87,8 @@ class JobService:
 
     async def __aenter__(self) -> Self:
         await self._learn_rate()
+        if removed := await remove_stale_parts(self._output_dir):
+            logger.info("removed %d interrupted download(s) from %s", removed, self._output_dir)
         await self._pollers.__aenter__()
         return self
 

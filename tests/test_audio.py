@@ -449,3 +449,23 @@ def test_checked_filename_refuses_each_unsafe_class_of_name(name: str, match: st
         checked_filename(name)
 
     assert ".wav" in caught.value.message
+
+
+async def test_stale_partial_downloads_are_removed_but_fresh_ones_are_kept(tmp_path: Path) -> None:
+    """A .part file left by a killed process is cleaned up; one that another process may be writing is not."""
+    import os
+    import time
+
+    from mmaudio_mcp.audio import remove_stale_parts
+
+    stale = tmp_path / ".rain-1234abcd.wav.x1.part"
+    fresh = tmp_path / ".rain-1234abcd.wav.x2.part"
+    done = tmp_path / "rain-1234abcd.wav"
+    for path in (stale, fresh, done):
+        path.write_bytes(b"RIFF")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    os.utime(done, (old, old))
+    assert await remove_stale_parts(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, done.name])
+    assert await remove_stale_parts(tmp_path / "missing") == 0

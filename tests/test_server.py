@@ -254,8 +254,9 @@ async def test_concurrent_waiters_on_one_job_share_one_poller(client: Client, sa
         results.append(await client.call_tool("check_status", {"request_id": rid, "wait_seconds": 10}))
 
     async with anyio.create_task_group() as tasks:
-        for _ in range(4):
+        for _ in range(20):
             tasks.start_soon(wait)
+    assert len(results) == 20
     assert all(r.structured_content and r.structured_content["status"] == "COMPLETED" for r in results)
     single = sandbox.stats().polls[rid]
     assert single <= 6, single
