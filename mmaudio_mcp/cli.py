@@ -47,6 +47,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             _run_serve(args)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:
+        from mmaudio_mcp.errors import MmaudioError
+
+        if not isinstance(exc, MmaudioError):
+            raise
+        print(f"error: {exc.message}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address for the HTTP transports (MMAUDIO_HOST; 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port for the HTTP transports (MMAUDIO_PORT; 8000)")
+    serve.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve HTTP on a non-loopback address without MMAUDIO_HTTP_TOKEN (only behind an authenticating proxy)",
+    )
     serve.add_argument("--wait-seconds", type=float, help="default wait inside one tool call (MMAUDIO_WAIT_SECONDS)")
     _add_common(serve)
 
@@ -106,12 +118,22 @@ def _run_serve(args: argparse.Namespace) -> None:
 
 async def _serve(args: argparse.Namespace) -> None:
     from mmaudio_mcp.server import build_server
-    from mmaudio_mcp.transport import Transport, serve
+    from mmaudio_mcp.transport import Exposure, Transport, serve
 
     settings = _settings(args, wait_seconds=args.wait_seconds, transport=args.transport, host=args.host, port=args.port)
+    exposure = Exposure(
+        host=settings.host,
+        port=settings.port,
+        token=settings.http_token.get_secret_value() if settings.http_token else None,
+        allow_unauthenticated=args.allow_unauthenticated,
+        public_url=settings.public_url,
+        allowed_hosts=tuple(settings.allowed_hosts),
+    )
+    transport = Transport(settings.transport)
+    if transport is not Transport.STDIO:
+        exposure.check()  # before anything starts, so the refusal is the only thing the user sees
     async with _gateway(args, settings) as (settings, policy):
-        server = build_server(settings, policy=policy)
-        await serve(server, Transport(settings.transport), host=settings.host, port=settings.port)
+        await serve(build_server(settings, policy=policy), transport, exposure)
 
 
 @asynccontextmanager

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_GATEWAY_URL = "https://gateway.pixazo.ai"
 APP_NAME = "mmaudio-mcp"
@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("MMAUDIO_HOST", "host"))
     port: int = Field(default=8000, ge=0, le=65535, validation_alias=AliasChoices("MMAUDIO_PORT", "port"))
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list[str],
+        validation_alias=AliasChoices("MMAUDIO_ALLOWED_HOSTS", "allowed_hosts"),
+        description="Extra Host names (comma-separated) the HTTP transports answer to, e.g. behind a proxy.",
+    )
     public_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("MMAUDIO_PUBLIC_URL", "public_url"),
@@ -60,6 +65,11 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        return [name.strip() for name in value.split(",") if name.strip()] if isinstance(value, str) else value
 
     @field_validator("gateway_url", "public_url")
     @classmethod

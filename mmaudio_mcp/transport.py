@@ -6,19 +6,29 @@ Nothing here writes to stdout: under stdio it carries the protocol, and uvicorn'
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+import logging
 import socket
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 import anyio
+
+from mmaudio_mcp.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
 
     from mcp.server import MCPServer
+    from mcp.server.transport_security import TransportSecuritySettings
     from starlette.applications import Starlette
-    from starlette.types import ASGIApp
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
 
 LOOPBACK: Final = "127.0.0.1"
 
@@ -31,12 +41,96 @@ class Transport(StrEnum):
     STREAMABLE_HTTP = "streamable-http"
 
 
-def http_app(server: MCPServer[Any], transport: Transport, host: str = LOOPBACK) -> Starlette:
-    """Build the Starlette app for an HTTP transport (with the server's custom routes, e.g. /healthz)."""
+@dataclass(frozen=True)
+class Exposure:
+    """Who may reach the HTTP transports: the bound address, a bearer token, and the names the server answers to."""
+
+    host: str = LOOPBACK
+    port: int = 8000
+    token: str | None = None
+    allow_unauthenticated: bool = False
+    public_url: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        """Refuse to serve paid generation to the network without a token, unless explicitly allowed."""
+        if is_loopback(self.host) or self.token:
+            return
+        if not self.allow_unauthenticated:
+            raise ConfigurationError(
+                f"Refusing to listen on {self.host} without MMAUDIO_HTTP_TOKEN: anyone who can reach this address "
+                "could spend your Pixazo balance. Set MMAUDIO_HTTP_TOKEN, bind 127.0.0.1, or pass "
+                "--allow-unauthenticated if something in front of this server authenticates clients."
+            )
+        logger.warning("serving on %s with no bearer token (--allow-unauthenticated)", self.host)
+
+    def security(self) -> TransportSecuritySettings:
+        """DNS-rebinding protection: only loopback names, the bound address, the public URL's host and any
+        configured names are accepted in Host and Origin."""
+        from mcp.server.transport_security import TransportSecuritySettings
+
+        names = ["127.0.0.1", "localhost", "[::1]", *self.allowed_hosts]
+        if self.host not in ("0.0.0.0", "::", ""):  # noqa: S104 (a comparison, not a bind)
+            names.append(f"[{self.host}]" if ":" in self.host else self.host)
+        if self.public_url and (public_host := urlsplit(self.public_url).netloc):
+            names.append(public_host)
+        hosts = [pattern for name in names for pattern in (name, f"{name}:*")]
+        origins = [f"{scheme}://{host}" for scheme in ("http", "https") for host in hosts]
+        return TransportSecuritySettings(allowed_hosts=hosts, allowed_origins=origins)
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether a bind address or host name stays on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def http_app(server: MCPServer[Any], transport: Transport, exposure: Exposure | None = None) -> ASGIApp:
+    """Build the ASGI app for an HTTP transport: the SDK's app (with /healthz and the webhook route), behind
+    DNS-rebinding checks and, when a token is configured, bearer authentication."""
+    exposure = exposure or Exposure()
+    security = exposure.security()
     if transport is Transport.SSE:
-        return _with_server_lifespan(server.sse_app(host=host), server)
-    # Default (SSE-capable) responses: JSON-only mode would drop progress notifications and cancellation.
-    return server.streamable_http_app(host=host)
+        app = _with_server_lifespan(server.sse_app(host=exposure.host, transport_security=security), server)
+    else:
+        # Default (SSE-capable) responses: JSON-only mode would drop progress notifications and cancellation.
+        app = server.streamable_http_app(host=exposure.host, transport_security=security)
+    return BearerAuth(app, exposure.token) if exposure.token else app
+
+
+class BearerAuth:
+    """Require `Authorization: Bearer <token>` on every HTTP request except the health probe and webhooks
+    (whose unguessable per-job path is their credential)."""
+
+    OPEN_PATHS: Final = ("/healthz", "/webhooks/")
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.OPEN_PATHS) or self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"www-authenticate", b'Bearer realm="mmaudio-mcp", error="invalid_token"'),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b'{"error": "missing or invalid bearer token"}'})
+
+    def _authorized(self, scope: Scope) -> bool:
+        given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+        return hmac.compare_digest(given, self._expected)
 
 
 def _with_server_lifespan(app: Starlette, server: MCPServer[Any]) -> Starlette:
@@ -56,13 +150,15 @@ def _with_server_lifespan(app: Starlette, server: MCPServer[Any]) -> Starlette:
 
 
 async def serve(
-    server: MCPServer[Any], transport: Transport = Transport.STDIO, *, host: str = LOOPBACK, port: int = 8000
+    server: MCPServer[Any], transport: Transport = Transport.STDIO, exposure: Exposure | None = None
 ) -> None:
     """Run the server until the host closes the connection (stdio) or the process is stopped (HTTP)."""
     if transport is Transport.STDIO:
         await server.run_stdio_async()
         return
-    await serve_asgi(http_app(server, transport, host), host=host, port=port)
+    exposure = exposure or Exposure()
+    exposure.check()
+    await serve_asgi(http_app(server, transport, exposure), host=exposure.host, port=exposure.port)
 
 
 async def serve_asgi(app: ASGIApp, *, host: str, port: int) -> None:
@@ -93,4 +189,4 @@ async def serve_on_loopback(app: ASGIApp) -> AsyncGenerator[str]:
             server.should_exit = True
 
 
-__all__ = ["Transport", "http_app", "serve", "serve_asgi", "serve_on_loopback"]
+__all__ = ["BearerAuth", "Exposure", "Transport", "http_app", "is_loopback", "serve", "serve_asgi", "serve_on_loopback"]

@@ -1,0 +1,115 @@
+"""Serving over HTTP safely: bearer tokens, DNS-rebinding checks, and refusing to expose paid generation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from mmaudio_mcp.errors import ConfigurationError
+from mmaudio_mcp.server import build_server
+from mmaudio_mcp.transport import Exposure, Transport, http_app, serve_on_loopback
+from tests.conftest import POLICY
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from mmaudio_mcp.settings import Settings
+
+TOKEN = "token-for-tests-9c41"
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+@pytest.fixture
+async def guarded(settings: Settings, transport: httpx2.ASGITransport) -> AsyncIterator[str]:
+    """A streamable-HTTP server with a bearer token, on a loopback port."""
+    served = settings.model_copy(update={"transport": "streamable-http"})
+    server = build_server(served, http_transport=transport, policy=POLICY)
+    async with serve_on_loopback(http_app(server, Transport.STREAMABLE_HTTP, Exposure(token=TOKEN))) as url:
+        yield url
+
+
+async def test_requests_without_the_bearer_token_get_401_with_www_authenticate(guarded: str) -> None:
+    """No token, or a wrong one, is refused before reaching MCP; the answer says how to authenticate."""
+    async with httpx2.AsyncClient() as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            reply = await http.post(f"{guarded}/mcp", json=INITIALIZE, headers=MCP_HEADERS | headers)
+            assert reply.status_code == 401
+            assert reply.headers["www-authenticate"].startswith("Bearer")
+            assert TOKEN not in reply.text
+
+
+async def test_the_sdk_client_with_the_token_can_call_tools(guarded: str) -> None:
+    """With `Authorization: Bearer <token>` the whole protocol works, tool calls included."""
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=httpx2.Timeout(30, read=300))
+    async with http, Client(streamable_http_client(f"{guarded}/mcp", http_client=http)) as client:
+        result = await client.call_tool("generate_audio", {"prompt": "rain", "duration": 2})
+    assert not result.is_error, result.content
+
+
+async def test_health_and_webhook_paths_stay_open(guarded: str) -> None:
+    """The probe needs no token; webhooks are authenticated by their unguessable path instead."""
+    async with httpx2.AsyncClient() as http:
+        assert (await http.get(f"{guarded}/healthz")).status_code == 200
+        assert (await http.post(f"{guarded}/webhooks/unknown")).status_code == 404
+
+
+async def test_a_foreign_host_or_origin_is_refused(guarded: str) -> None:
+    """DNS-rebinding protection: a Host or Origin that is not this server's is refused, even with the token."""
+    headers = MCP_HEADERS | {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx2.AsyncClient() as http:
+        bad_host = await http.post(f"{guarded}/mcp", json=INITIALIZE, headers=headers | {"Host": "evil.example"})
+        bad_origin = await http.post(
+            f"{guarded}/mcp", json=INITIALIZE, headers=headers | {"Origin": "http://evil.example"}
+        )
+    assert bad_host.status_code == 421
+    assert bad_origin.status_code == 403
+
+
+def test_listening_on_the_network_without_a_token_is_refused() -> None:
+    """A non-loopback bind with no token is refused with advice, unless explicitly allowed."""
+    with pytest.raises(ConfigurationError, match="MMAUDIO_HTTP_TOKEN"):
+        Exposure(host="0.0.0.0").check()
+    Exposure(host="0.0.0.0", token=TOKEN).check()
+    Exposure(host="0.0.0.0", allow_unauthenticated=True).check()
+    Exposure(host="127.0.0.1").check()
+
+
+def test_the_allow_list_covers_loopback_the_bound_address_and_the_public_host() -> None:
+    """Host patterns default to the loopback names and the bound address, plus the public URL's host."""
+    security = Exposure(host="10.1.2.3", public_url="https://audio.example.com", allowed_hosts=("proxy.local",))
+    security_settings = security.security()
+    for host in ("127.0.0.1:*", "localhost:*", "10.1.2.3:*", "audio.example.com", "proxy.local:*"):
+        assert host in security_settings.allowed_hosts
+    assert "https://audio.example.com" in security_settings.allowed_origins
+
+
+def test_the_cli_refuses_a_network_bind_without_a_token(tmp_path: Path) -> None:
+    """`serve --transport streamable-http --host 0.0.0.0` with no token exits 1 with a one-line reason."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}
+    args = ["-m", "mmaudio_mcp", "serve", "--transport", "streamable-http", "--host", "0.0.0.0", "--port", "9"]
+    done = subprocess.run(
+        [sys.executable, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 1
+    assert "MMAUDIO_HTTP_TOKEN" in done.stderr
+    assert "Traceback" not in done.stderr
