@@ -1,51 +1,65 @@
-"""Play the Pixazo gateway for MMAudio v2 offline: submit, status and media, with real WAV audio and faults.
+"""Play the Pixazo gateway for MMAudio v2 offline: submit, status, media and webhooks, with real WAV audio and faults.
 
 The wire contract is re-implemented from the published API docs, not imported from the client, so drift shows up
 as failing tests. `/_sandbox/` admin routes let a test running the sandbox in another process drive it.
+
+Timing is clock-driven with no background task: each job's schedule (queue wait, optional concurrency limit,
+jittered processing time) and fate are fixed at submit, and every answer reads the schedule against the clock.
+Only webhook delivery needs a task: `Sandbox.deliver_webhooks`, which the app's lifespan also runs.
 """
 
 from __future__ import annotations
 
+import heapq
 import hmac
+import ipaddress
 import json
-import math
-import operator
+import logging
 import random
-import re
-import struct
-import sys
 import time
 import uuid
-from array import array
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from functools import cache
-from itertools import accumulate, chain, repeat
 from typing import TYPE_CHECKING, cast
+from urllib.parse import urlsplit
 
+import anyio
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from mmaudio_mcp.sandbox_audio import SAMPLE_RATE, wav_for
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Callable
+
+    import httpx2
+    from starlette.datastructures import Headers
     from starlette.requests import Request
+
+__all__ = [
+    "SAMPLE_RATE",
+    "SANDBOX_API_KEY",
+    "Fault",
+    "FaultKind",
+    "JobTiming",
+    "Sandbox",
+    "SandboxConfig",
+    "SandboxStats",
+    "create_sandbox",
+    "expected_seconds",
+]
+
+logger = logging.getLogger(__name__)
 
 SANDBOX_API_KEY = "sandbox-key"
 MODEL_ID = "mmaudio-v2-text-to-audio"
 SUBMIT_PATH = f"/{MODEL_ID}/v1/{MODEL_ID}-request"
 KEY_HEADER = "Ocp-Apim-Subscription-Key"
-SAMPLE_RATE = 44_100
-# KSDATAFORMAT_SUBTYPE_IEEE_FLOAT (00000003-0000-0010-8000-00aa00389b71) in its on-disk, mixed-endian byte order.
-_FLOAT_SUBFORMAT = bytes.fromhex("0300000000001000800000aa00389b71")
+WEBHOOK_TIMEOUT = 5.0
 _NOT_WAV_PAGE = b"<!DOCTYPE html><html><head><title>Error</title></head><body><h1>Access Denied</h1></body></html>"
-# Prompt keyword (as a word prefix) -> box-filter width of the noise: wide boxes rumble, narrow ones hiss.
-_NOISE_WIDTHS = {"rain": 2, "water": 4, "crowd": 6, "storm": 16, "wave": 24, "ocean": 24, "wind": 32}
-_TONE_WORDS = ("beep", "bell", "chime", "alarm", "tone", "ding")
-_MUSIC_WORDS = ("music", "piano", "melody", "synth", "guitar")
-_CHORDS = ((0, 4, 7, 12), (-3, 0, 4, 9), (-7, -3, 0, 5), (-5, -1, 2, 7))  # I vi IV V, semitones from the root
 
 
 class FaultKind(StrEnum):
@@ -81,23 +95,64 @@ class Fault:
 
 @dataclass
 class SandboxConfig:
-    """How the fake gateway behaves: accepted key, timing (speed 0: done at the first poll), media origin."""
+    """How the fake gateway behaves: accepted key, timing, media origin, load shape and webhook quirks.
+
+    speed scales queue and processing time (0: done at the first poll); jitter multiplies each job's processing
+    time by a uniform factor in [1 - jitter, 1 + jitter], drawn from `random.Random(seed)`; concurrency caps how
+    many jobs are PROCESSING at once (None: no cap), the rest wait QUEUED in submit order; webhook_duplicates
+    extra copies follow each callback, as network retries upstream may deliver.
+    """
 
     api_key: str = SANDBOX_API_KEY
     speed: float = 1.0
     queue_seconds: float = 1.0
     media_base_url: str | None = None
     clock: Callable[[], float] = time.time
+    jitter: float = 0.0
+    seed: int | None = None
+    concurrency: int | None = None
+    webhook_duplicates: int = 0
+
+
+@dataclass
+class JobTiming:
+    """One job's schedule and what clients did with it; times are from the config clock."""
+
+    submitted_at: float
+    started_at: float  # processing start
+    completed_at: float  # terminal status from then on
+    status: str  # the final status the schedule leads to
+    first_terminal_poll_at: float | None = None  # the first status poll that answered a terminal status
+    polls: int = 0  # status requests for this job, whatever the answer
+    webhooks_sent: int = 0  # callback POSTs attempted, duplicates included, whatever the outcome
 
 
 @dataclass
 class SandboxStats:
-    """Requests received per route (whatever the answer), and media requests refused for carrying the key."""
+    """Requests received per route (whatever the answer), media requests refused for carrying the key, per-job
+    timings, and callback POSTs that failed (transport error or non-2xx answer)."""
 
     submits: int = 0
     polls: dict[str, int] = field(default_factory=dict[str, int])
     media_fetches: dict[str, int] = field(default_factory=dict[str, int])
     rejected_keys: int = 0
+    jobs: dict[str, JobTiming] = field(default_factory=dict[str, JobTiming])
+    webhook_failures: int = 0
+
+
+@dataclass(frozen=True)
+class _Phase:
+    status: str
+    since: float
+    terminal: bool
+
+
+@dataclass
+class _Webhook:
+    url: str
+    sync: bool
+    announced: int = 0  # callback phases already put in the outbox
+    outbox: list[dict[str, object]] = field(default_factory=list[dict[str, object]])
 
 
 @dataclass
@@ -105,10 +160,36 @@ class _Job:
     request_id: str
     prompt: str
     duration: int
-    num_steps: int
     created: float
+    started: float
+    finished: float
     fate: FaultKind | None
+    media_origin: str  # the CDN origin as seen by the submit request, for callbacks
+    webhook: _Webhook | None = None
     wav: bytes | None = None
+
+    def phases(self) -> tuple[_Phase, _Phase, _Phase]:
+        """Return the job's QUEUED, PROCESSING and terminal phases."""
+        outcome = _JOB_OUTCOMES[self.fate][0] if self.fate else "COMPLETED"
+        return (
+            _Phase("QUEUED", self.created, False),
+            _Phase("PROCESSING", self.started, False),
+            _Phase(outcome, self.finished, True),
+        )
+
+    def phase_at(self, now: float) -> _Phase:
+        """Return the phase the job is in at `now`."""
+        queued, processing, end = self.phases()
+        if now >= self.finished:
+            return end
+        return processing if now >= self.started else queued
+
+    def callback_phases(self) -> list[_Phase]:
+        """Return the phases its webhook announces: the terminal one, or (sync) every one the job goes through."""
+        queued, processing, end = self.phases()
+        if self.webhook is None or not self.webhook.sync:
+            return [end]
+        return [queued, processing, end] if self.started < self.finished else [queued, end]
 
 
 class _BadRequest(ValueError):
@@ -126,14 +207,18 @@ def create_sandbox(config: SandboxConfig | None = None) -> Sandbox:
 
 
 class Sandbox:
-    """State of one fake gateway: config, jobs, faults and request statistics."""
+    """State of one fake gateway: config, jobs and their schedule, faults, webhooks and request statistics."""
 
     def __init__(self, config: SandboxConfig | None = None) -> None:
-        """Start with no jobs, no faults and zeroed statistics."""
+        """Start with no jobs, no faults and zeroed statistics; refuse a config that makes no sense."""
         self.config = config or SandboxConfig()
+        _check_config(self.config)
         self._jobs: dict[str, _Job] = {}
         self._faults: list[Fault] = []
         self._stats = SandboxStats()
+        self._rng = random.Random(self.config.seed)
+        self._slots: list[float] = []  # heap of the times the busy processing slots free up
+        self._hooked: dict[str, _Job] = {}  # jobs with webhook phases not yet announced
         self.app = Starlette(
             routes=[
                 Route(SUBMIT_PATH, self._submit, methods=["POST"]),
@@ -143,7 +228,8 @@ class Sandbox:
                 Route("/_sandbox/faults", self._admin_add_fault, methods=["POST"]),
                 Route("/_sandbox/faults", self._admin_clear_faults, methods=["DELETE"]),
                 Route("/healthz", self._healthz, methods=["GET"]),
-            ]
+            ],
+            lifespan=self._lifespan,
         )
 
     def add_fault(self, fault: Fault) -> None:
@@ -158,7 +244,80 @@ class Sandbox:
 
     def stats(self) -> SandboxStats:
         """Return a snapshot of the request statistics."""
-        return replace(self._stats, polls=dict(self._stats.polls), media_fetches=dict(self._stats.media_fetches))
+        return replace(
+            self._stats,
+            polls=dict(self._stats.polls),
+            media_fetches=dict(self._stats.media_fetches),
+            jobs={request_id: replace(timing) for request_id, timing in self._stats.jobs.items()},
+        )
+
+    async def deliver_webhooks(self, transport: httpx2.AsyncBaseTransport | None = None, *, tick: float = 0.02) -> None:
+        """POST due webhook callbacks until cancelled, checking the clock every `tick` real seconds.
+
+        Each job's callbacks go out in order (duplicates right after their original), jobs in parallel. A failed
+        POST (error or non-2xx) is logged at debug and counted in `webhook_failures`, never raised or retried.
+        """
+        import httpx2
+
+        if tick <= 0:
+            raise ValueError("tick must be positive")
+        sending: set[str] = set()
+        async with (
+            httpx2.AsyncClient(transport=transport, timeout=WEBHOOK_TIMEOUT) as client,
+            anyio.create_task_group() as tasks,
+        ):
+            while True:
+                for job in self._announce_due_callbacks(self.config.clock()):
+                    if job.request_id not in sending:
+                        sending.add(job.request_id)
+                        tasks.start_soon(self._send_outbox, client, job, sending)
+                await anyio.sleep(tick)
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncGenerator[None]:
+        """Deliver webhooks for as long as a server runs the app with lifespan on."""
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self.deliver_webhooks)
+            yield
+            tasks.cancel_scope.cancel()
+
+    def _announce_due_callbacks(self, now: float) -> list[_Job]:
+        """Put the callbacks due at `now` in their jobs' outboxes; return the jobs with something to send."""
+        copies = 1 + self.config.webhook_duplicates
+        ready: list[_Job] = []
+        for job in list(self._hooked.values()):
+            webhook = cast("_Webhook", job.webhook)
+            phases = job.callback_phases()
+            while webhook.announced < len(phases) and phases[webhook.announced].since <= now:
+                webhook.outbox.extend([_status_body(job, phases[webhook.announced], job.media_origin)] * copies)
+                webhook.announced += 1
+            if webhook.announced == len(phases):
+                del self._hooked[job.request_id]
+            if webhook.outbox:
+                ready.append(job)
+        return ready
+
+    async def _send_outbox(self, client: httpx2.AsyncClient, job: _Job, sending: set[str]) -> None:
+        """POST the job's pending callbacks one after the other."""
+        webhook = cast("_Webhook", job.webhook)
+        try:
+            while webhook.outbox:
+                await self._post_callback(client, job.request_id, webhook.url, webhook.outbox.pop(0))
+        finally:
+            sending.discard(job.request_id)
+
+    async def _post_callback(self, client: httpx2.AsyncClient, request_id: str, url: str, body: object) -> None:
+        self._stats.jobs[request_id].webhooks_sent += 1
+        try:
+            response = await client.post(url, json=body)
+        except Exception as exc:  # a broken receiver must never break the dispatcher
+            problem = repr(exc)
+        else:
+            if response.is_success:
+                return
+            problem = f"HTTP {response.status_code}"
+        self._stats.webhook_failures += 1
+        logger.debug("webhook for %s to %s failed: %s", request_id, url, problem)
 
     def _take_fault(self, *kinds: FaultKind) -> FaultKind | None:
         """Fire the first injected fault of one of these kinds, counting it down; None if there is none."""
@@ -202,55 +361,57 @@ class Sandbox:
             return refused
         try:
             prompt, duration, num_steps = _validate(_parse_json(await request.body()))
+            webhook = _webhook(request.headers)
         except _BadRequest as exc:
             return _error(400, "Bad Request", str(exc))
+        job = self._new_job(prompt, duration, num_steps, _media_origin(request, self.config.media_base_url))
+        if webhook is not None:
+            job.webhook = webhook
+            self._hooked[job.request_id] = job
+        polling_url = f"{str(request.base_url).rstrip('/')}/v2/requests/status/{job.request_id}"
+        return JSONResponse({"request_id": job.request_id, "status": "QUEUED", "polling_url": polling_url}, 202)
+
+    def _new_job(self, prompt: str, duration: int, num_steps: int, media_origin: str) -> _Job:
+        """Create a job with its fate and schedule fixed now, and record its timing."""
         request_id = f"{MODEL_ID}_{uuid.uuid4()}"
         fate = self._take_fault(FaultKind.JOB_FAILED, FaultKind.JOB_ERROR)
-        self._jobs[request_id] = _Job(request_id, prompt, duration, num_steps, self.config.clock(), fate)
-        polling_url = f"{str(request.base_url).rstrip('/')}/v2/requests/status/{request_id}"
-        return JSONResponse({"request_id": request_id, "status": "QUEUED", "polling_url": polling_url}, 202)
+        created = self.config.clock()
+        started, finished = self._schedule(created, expected_seconds(duration, num_steps))
+        job = _Job(request_id, prompt, duration, created, started, finished, fate, media_origin)
+        self._jobs[request_id] = job
+        self._stats.jobs[request_id] = JobTiming(created, started, finished, job.phases()[2].status)
+        return job
+
+    def _schedule(self, created: float, seconds: float) -> tuple[float, float]:
+        """Return when a job submitted at `created` starts and ends processing, taking a free slot in FIFO order."""
+        speed, jitter = self.config.speed, self.config.jitter
+        processing = seconds * speed * (self._rng.uniform(1 - jitter, 1 + jitter) if jitter else 1.0)
+        started = created + self.config.queue_seconds * speed
+        if self.config.concurrency is not None:
+            if len(self._slots) >= self.config.concurrency:
+                started = max(started, heapq.heappop(self._slots))
+            heapq.heappush(self._slots, started + processing)
+        return started, started + processing
 
     async def _status(self, request: Request) -> Response:
         request_id = str(request.path_params["request_id"])
         self._stats.polls[request_id] = self._stats.polls.get(request_id, 0) + 1
+        timing = self._stats.jobs.get(request_id)
+        if timing is not None:
+            timing.polls += 1
         refused = self._guard(request, submit=False)
         if refused is not None:
             return refused
         if self._take_fault(FaultKind.POLL_500):
             return _html_error(500 if self._stats.polls[request_id] % 2 else 502)
         job = self._jobs.get(request_id)
-        if job is None:
+        if job is None or timing is None:
             return _error(404, "Not Found", f"Request {request_id} not found")
-        return JSONResponse(self._status_body(job, request))
-
-    def _phase(self, job: _Job) -> tuple[str, float, bool]:
-        """Return the job's status now, when it last changed, and whether it is terminal."""
-        speed = self.config.speed
-        started = job.created + self.config.queue_seconds * speed
-        finished = started + expected_seconds(job.duration, job.num_steps) * speed
         now = self.config.clock()
-        if now >= finished:
-            return (_JOB_OUTCOMES[job.fate][0] if job.fate else "COMPLETED"), finished, True
-        if now >= started:
-            return "PROCESSING", started, False
-        return "QUEUED", job.created, False
-
-    def _status_body(self, job: _Job, request: Request) -> dict[str, object]:
-        status, changed, terminal = self._phase(job)
-        output = None
-        if status == "COMPLETED":
-            media_url = f"{_media_origin(request, self.config.media_base_url)}/cdn/v1/{job.request_id}/output.wav"
-            output = {"media_url": [media_url], "media_type": "audio/wav"}
-        return {
-            "request_id": job.request_id,
-            "status": status,
-            "model_id": MODEL_ID,
-            "error": _JOB_OUTCOMES[job.fate][1] if terminal and job.fate else None,
-            "output": output,
-            "created_at": _iso_millis(job.created),
-            "updated_at": _plain_utc(changed),
-            "completed_at": _plain_utc(changed) if terminal else None,
-        }
+        phase = job.phase_at(now)
+        if phase.terminal and timing.first_terminal_poll_at is None:
+            timing.first_terminal_poll_at = now
+        return JSONResponse(_status_body(job, phase, _media_origin(request, self.config.media_base_url)))
 
     async def _media(self, request: Request) -> Response:
         request_id = str(request.path_params["request_id"])
@@ -259,13 +420,13 @@ class Sandbox:
             self._stats.rejected_keys += 1
             return _error(400, "Bad Request", "credentials must not be sent to the CDN")
         job = self._jobs.get(request_id)
-        if job is None or self._phase(job)[0] != "COMPLETED":
+        if job is None or job.phase_at(self.config.clock()).status != "COMPLETED":
             return Response("Not Found", 404, media_type="text/plain")
         fault = self._take_fault(FaultKind.MEDIA_404, FaultKind.TRUNCATED_WAV, FaultKind.NOT_WAV)
         if fault is FaultKind.MEDIA_404:
             return Response("Not Found", 404, media_type="text/plain")
         if job.wav is None:
-            job.wav = _wav_bytes(_synthesize(job.prompt, job.duration))
+            job.wav = wav_for(job.prompt, job.duration)
         body = job.wav
         if fault is FaultKind.TRUNCATED_WAV:
             body = body[: len(body) // 2]
@@ -290,6 +451,66 @@ class Sandbox:
 
     async def _healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+
+def _check_config(config: SandboxConfig) -> None:
+    if not 0 <= config.jitter <= 1:
+        raise ValueError("jitter must be between 0 and 1")
+    if config.concurrency is not None and config.concurrency < 1:
+        raise ValueError("concurrency must be None or at least 1")
+    if config.webhook_duplicates < 0:
+        raise ValueError("webhook_duplicates must be at least 0")
+
+
+def _status_body(job: _Job, phase: _Phase, media_origin: str) -> dict[str, object]:
+    """Return the GET status body (also the webhook payload) of `job` in `phase`."""
+    output = None
+    if phase.status == "COMPLETED":
+        output = {"media_url": [f"{media_origin}/cdn/v1/{job.request_id}/output.wav"], "media_type": "audio/wav"}
+    return {
+        "request_id": job.request_id,
+        "status": phase.status,
+        "model_id": MODEL_ID,
+        "error": _JOB_OUTCOMES[job.fate][1] if phase.terminal and job.fate else None,
+        "output": output,
+        "created_at": _iso_millis(job.created),
+        "updated_at": _plain_utc(phase.since),
+        "completed_at": _plain_utc(phase.since) if phase.terminal else None,
+    }
+
+
+def _webhook(headers: Headers) -> _Webhook | None:
+    """Read X-Webhook-URL and X-Webhook-Mode; refuse a URL that is not https (or http to loopback) or a bad mode."""
+    mode = headers.get("X-Webhook-Mode", "terminal").strip().lower()
+    if mode not in {"terminal", "sync"}:
+        raise _BadRequest("X-Webhook-Mode must be terminal or sync")
+    url = headers.get("X-Webhook-URL")
+    if url is None:
+        return None
+    if not _webhook_url_ok(url.strip()):
+        raise _BadRequest("X-Webhook-URL must be an https URL (plain http only to a loopback host)")
+    return _Webhook(url.strip(), sync=mode == "sync")
+
+
+def _webhook_url_ok(url: str) -> bool:
+    """Accept https to any host, and plain http only to 127.0.0.0/8, ::1 or localhost."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    return parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(host))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _error(status: int, error: str, message: str) -> JSONResponse:
@@ -364,129 +585,3 @@ def _parse_fault(body: dict[str, object]) -> Fault:
     if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 1):
         raise _BadRequest("times must be null or an integer >= 1")
     return Fault(FaultKind(str(kind)), times)
-
-
-def _synthesize(prompt: str, duration: int) -> array[float]:
-    """Make `duration` seconds of audio that follows the prompt a little, the same every time for one prompt."""
-    rng = random.Random(prompt)
-    count = duration * SAMPLE_RATE
-    words = re.findall(r"[a-z]+", prompt.lower())
-    widths = [width for key, width in _NOISE_WIDTHS.items() if any(word.startswith(key) for word in words)]
-    if widths:
-        samples = _ambience(rng, count, widths[0])
-    elif any(word.startswith(_TONE_WORDS) for word in words):
-        samples = _chimes(rng, count)
-    elif any(word.startswith(_MUSIC_WORDS) for word in words):
-        samples = _arpeggio(rng, count)
-    else:
-        samples = _bursts(rng, count)
-    return _fade(samples, SAMPLE_RATE // 50)
-
-
-def _ambience(rng: random.Random, count: int, width: int) -> array[float]:
-    """Loop a few seconds of low-passed noise that swells once per loop, like surf or gusts of wind."""
-    # Filtering the whole clip sample by sample is too slow in pure Python; a seamless loop of 3-5 s is not.
-    block = SAMPLE_RATE // 100
-    blocks = min(count // block + 1, rng.randrange(300, 500))
-    length = blocks * block
-    white = array("b", rng.randbytes(length))
-    smooth = _box(_box(white[length - 2 * width + 2 :] + white, width), width)  # circular padding: no seam
-    gains = (0.55 - 0.45 * math.cos(math.tau * index / blocks) for index in range(blocks))
-    loop = _normalized(array("f", map(operator.mul, smooth, chain.from_iterable(map(repeat, gains, repeat(block))))))
-    return (loop * (count // length + 1))[:count]
-
-
-def _box(values: array[int], width: int) -> array[int]:
-    """Sum every `width` consecutive values (a box low-pass), via a running sum so the loop stays in C."""
-    running = array("q", accumulate(values, initial=0))
-    return array("q", map(operator.sub, running[width:], running[:-width]))
-
-
-def _chimes(rng: random.Random, count: int) -> array[float]:
-    """Ring decaying bell tones, alternating two pitches a major third apart."""
-    gap = int(SAMPLE_RATE * rng.uniform(0.5, 1.0))
-    base = rng.choice((660.0, 880.0, 1046.5))
-    bells = [_normalized(_mix(_tone(hz, gap, 5.0), _tone(hz * 2.76, gap, 12.0), 0.3)) for hz in (base, base * 1.26)]
-    return _sequence(count, gap, lambda index: bells[index % 2])
-
-
-def _arpeggio(rng: random.Random, count: int) -> array[float]:
-    """Play a broken-chord I-vi-IV-V progression with plucked, decaying notes."""
-    root = rng.choice((220.0, 246.94, 261.63, 293.66))
-    step = int(SAMPLE_RATE * rng.choice((0.15, 0.2, 0.25)))
-
-    @cache
-    def pluck(semitones: int) -> array[float]:
-        pitch = root * 2 ** (semitones / 12)
-        return _normalized(_mix(_tone(pitch, step, 4.0), _tone(pitch * 2, step, 8.0), 0.35))
-
-    return _sequence(count, step, lambda index: pluck(_CHORDS[index // 8 % len(_CHORDS)][index % 4]))
-
-
-def _sequence(count: int, step: int, note_at: Callable[[int], array[float]]) -> array[float]:
-    """Place note `note_at(i)` every `step` samples, for `count` samples."""
-    out = array("f", bytes(4 * count))
-    for index, start in enumerate(range(0, count, step)):
-        _place(out, note_at(index), start)
-    return out
-
-
-def _bursts(rng: random.Random, count: int) -> array[float]:
-    """Scatter short decaying noise bursts, each over a low thump, with silences between them."""
-    out = array("f", bytes(4 * count))
-    start = int(SAMPLE_RATE * rng.uniform(0.05, 0.3))
-    while start < count:
-        length = int(SAMPLE_RATE * rng.uniform(0.1, 0.4))
-        decay = accumulate(repeat(math.exp(-15.0 / SAMPLE_RATE), length - 1), operator.mul, initial=1 / 128)
-        hiss = array("f", map(operator.mul, array("b", rng.randbytes(length)), decay))
-        burst = _mix(hiss, _tone(rng.uniform(50.0, 140.0), length, 10.0), 0.8)
-        _place(out, _normalized(_fade(burst, 64), rng.uniform(0.4, 0.8)), start)
-        start += length + int(SAMPLE_RATE * rng.uniform(0.05, 0.6))
-    return out
-
-
-def _tone(pitch: float, count: int, decay: float) -> array[float]:
-    """Return a sine at `pitch` Hz decaying by e every 1/`decay` seconds, with a click-free start and end."""
-    step = math.tau * pitch / SAMPLE_RATE
-    sines = map(math.sin, map(operator.mul, range(count), repeat(step)))
-    envelope = accumulate(repeat(math.exp(-decay / SAMPLE_RATE), count - 1), operator.mul, initial=1.0)
-    return _fade(array("f", map(operator.mul, sines, envelope)), 64)
-
-
-def _mix(first: array[float], second: array[float], gain: float) -> array[float]:
-    return array("f", map(operator.add, first, map(operator.mul, second, repeat(gain))))
-
-
-def _normalized(samples: array[float], peak: float = 0.8) -> array[float]:
-    """Scale the samples so that the loudest one reaches `peak` (below full scale, as real outputs are)."""
-    gain = peak / max(max(samples), -min(samples), 1e-9)
-    return array("f", map(operator.mul, samples, repeat(gain)))
-
-
-def _place(out: array[float], clip: array[float], start: int) -> None:
-    """Copy `clip` into `out` at `start`, cut at the end of `out`."""
-    end = min(start + len(clip), len(out))
-    out[start:end] = clip[: end - start]
-
-
-def _fade(samples: array[float], length: int) -> array[float]:
-    """Ramp the first and last `length` samples in place, so nothing clicks; return the samples."""
-    length = min(length, len(samples) // 2)
-    for index in range(length):
-        samples[index] *= index / length
-        samples[-1 - index] *= index / length
-    return samples
-
-
-def _wav_bytes(samples: array[float]) -> bytes:
-    """Encode mono 32-bit float samples as WAVE_FORMAT_EXTENSIBLE with a fact chunk, little-endian on any host."""
-    if sys.byteorder == "big":
-        samples = array("f", samples)
-        samples.byteswap()
-    rate, width = SAMPLE_RATE, samples.itemsize
-    fmt = struct.pack("<HHIIHHHHI16s", 0xFFFE, 1, rate, rate * width, width, 32, 22, 32, 4, _FLOAT_SUBFORMAT)
-    chunks = b"".join(
-        tag + struct.pack("<I", len(payload)) + payload
-        for tag, payload in ((b"fmt ", fmt), (b"fact", struct.pack("<I", len(samples))), (b"data", samples.tobytes()))
-    )
-    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks

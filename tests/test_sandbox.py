@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import struct
 import sys
 import time
 import uuid
 from array import array
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import httpx2
 import pytest
 
@@ -19,6 +23,7 @@ from mmaudio_mcp.sandbox import (
     SANDBOX_API_KEY,
     Fault,
     FaultKind,
+    JobTiming,
     Sandbox,
     SandboxConfig,
     create_sandbox,
@@ -26,7 +31,7 @@ from mmaudio_mcp.sandbox import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 SUBMIT = "/mmaudio-v2-text-to-audio/v1/mmaudio-v2-text-to-audio-request"
 KEY = {"Ocp-Apim-Subscription-Key": SANDBOX_API_KEY}
@@ -34,6 +39,8 @@ START = datetime(2026, 3, 31, 10, tzinfo=UTC).timestamp()
 FLOAT_SUBTYPE = uuid.UUID("00000003-0000-0010-8000-00aa00389b71")
 MODEL_NOT_FOUND = {"error": "Model not found", "message": "Model 'mmaudio-v2-text-to-audio' not found or is disabled"}
 NO_BALANCE = {"error": "Insufficient Balance", "message": "Your wallet does not have enough balance."}
+HOOK = "http://127.0.0.1:8999/hook"
+TICK = 0.005
 
 
 class FakeClock:
@@ -76,6 +83,14 @@ async def client(sandbox: Sandbox) -> AsyncIterator[httpx2.AsyncClient]:
 
 async def submit(client: httpx2.AsyncClient, **fields: Any) -> httpx2.Response:
     return await client.post(SUBMIT, json={"prompt": "rain on a tin roof", "duration": 2, **fields}, headers=KEY)
+
+
+async def submit_hooked(client: httpx2.AsyncClient, url: str = HOOK, mode: str | None = None) -> str:
+    """Submit a job asking for webhooks to `url` (in `mode`, if given); return its request_id."""
+    headers = KEY | {"X-Webhook-URL": url} | ({"X-Webhook-Mode": mode} if mode else {})
+    response = await client.post(SUBMIT, json={"prompt": "rain", "duration": 2}, headers=headers)
+    assert response.status_code == 202
+    return response.json()["request_id"]
 
 
 async def poll(client: httpx2.AsyncClient, request_id: str) -> httpx2.Response:
@@ -536,9 +551,25 @@ async def test_admin_routes_inject_and_clear_faults_and_report_stats(client: htt
     assert (await submit(client)).status_code == 402
     assert (await client.post("/_sandbox/faults", json={"kind": "submit_500", "times": None})).status_code == 201
     assert (await client.delete("/_sandbox/faults")).status_code == 204
-    assert (await submit(client)).status_code == 202
+    request_id = (await submit(client)).json()["request_id"]
     stats = (await client.get("/_sandbox/stats")).json()
-    assert stats == {"submits": 2, "polls": {}, "media_fetches": {}, "rejected_keys": 0}
+    timing = {
+        "submitted_at": START,
+        "started_at": START + 1.0,
+        "completed_at": START + 1.0 + expected_seconds(2, 25),
+        "status": "COMPLETED",
+        "first_terminal_poll_at": None,
+        "polls": 0,
+        "webhooks_sent": 0,
+    }
+    assert stats == {
+        "submits": 2,
+        "polls": {},
+        "media_fetches": {},
+        "rejected_keys": 0,
+        "jobs": {request_id: timing},
+        "webhook_failures": 0,
+    }
     assert (await client.get("/healthz")).json() == {"status": "ok"}
 
 
@@ -552,3 +583,308 @@ async def test_admin_refuses_unknown_fault_kinds_and_bad_counts(
     response = await client.post("/_sandbox/faults", json=body)
     assert response.status_code == 400
     assert response.json()["error"] == "Bad Request"
+
+
+class Receiver:
+    """A webhook endpoint behind a MockTransport: records every callback and answers 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx2.Request] = []
+        self.transport = httpx2.MockTransport(self.handle)
+
+    def handle(self, request: httpx2.Request) -> httpx2.Response:
+        self.requests.append(request)
+        return httpx2.Response(200)
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return [json.loads(request.content) for request in self.requests]
+
+
+@asynccontextmanager
+async def delivering(sandbox: Sandbox, transport: httpx2.AsyncBaseTransport) -> AsyncGenerator[None]:
+    """Run the sandbox's webhook dispatcher (ticking fast) for the duration of the block."""
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(partial(sandbox.deliver_webhooks, transport, tick=TICK))
+        yield
+        tasks.cancel_scope.cancel()
+
+
+async def settle() -> None:
+    """Give the dispatcher a few ticks (real time) to send whatever is due."""
+    await anyio.sleep(5 * TICK)
+
+
+async def until(condition: Callable[[], bool], limit: float = 1.0) -> None:
+    """Wait (real time, at most `limit` s) until `condition` holds, then settle so that any extra callback shows."""
+    with anyio.fail_after(limit):
+        while not condition():  # noqa: ASYNC110 (the condition reads counters, there is no event to wait on)
+            await anyio.sleep(TICK)
+    await settle()
+
+
+async def statuses(client: httpx2.AsyncClient, request_ids: list[str]) -> list[str]:
+    return [(await poll(client, request_id)).json()["status"] for request_id in request_ids]
+
+
+async def test_jitter_spreads_processing_times_within_bounds_and_a_seed_repeats_them(clock: FakeClock) -> None:
+    """jitter 0.3 keeps every processing time in [0.7, 1.3] x expected; one seed gives the same times twice."""
+
+    async def processing_times(seed: int) -> list[float]:
+        sandbox = create_sandbox(SandboxConfig(clock=clock, jitter=0.3, seed=seed))
+        async with client_for(sandbox) as client:
+            for _ in range(30):
+                await submit(client)
+        return [timing.completed_at - timing.started_at for timing in sandbox.stats().jobs.values()]
+
+    first, again, other = await processing_times(7), await processing_times(7), await processing_times(8)
+    base = expected_seconds(2, 25)
+    assert all(0.7 * base <= seconds <= 1.3 * base for seconds in first)
+    assert max(first) - min(first) > 0.2 * base
+    assert first == again
+    assert first != other
+
+
+async def test_status_follows_the_jittered_schedule(clock: FakeClock) -> None:
+    """A jittered job is PROCESSING until its own completed_at and COMPLETED from then on."""
+    sandbox = create_sandbox(SandboxConfig(clock=clock, jitter=0.5, seed=1))
+    async with client_for(sandbox) as client:
+        request_id = (await submit(client)).json()["request_id"]
+        timing = sandbox.stats().jobs[request_id]
+        assert timing.completed_at - timing.started_at != pytest.approx(expected_seconds(2, 25))
+        clock.now = timing.completed_at - 0.01
+        assert await statuses(client, [request_id]) == ["PROCESSING"]
+        clock.now = timing.completed_at
+        assert await statuses(client, [request_id]) == ["COMPLETED"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"jitter": -0.1}, {"jitter": 1.5}, {"concurrency": 0}, {"webhook_duplicates": -1}],
+    ids=["negative-jitter", "jitter-over-one", "no-slots", "negative-duplicates"],
+)
+def test_a_config_that_makes_no_sense_is_refused(config: dict[str, Any]) -> None:
+    """Jitter outside [0, 1], fewer than one slot or negative duplicates raise ValueError at creation."""
+    with pytest.raises(ValueError, match=next(iter(config))):
+        create_sandbox(SandboxConfig(**config))
+
+
+async def test_with_two_slots_later_jobs_stay_queued_and_start_in_submit_order(clock: FakeClock) -> None:
+    """concurrency 2: jobs 3 and 4 wait QUEUED, then take the slots as jobs 1 and 2 end, 3 before 4."""
+    sandbox = create_sandbox(SandboxConfig(clock=clock, concurrency=2))
+    durations = (2, 4, 30, 2)
+    async with client_for(sandbox) as client:
+        ids = [(await submit(client, duration=duration)).json()["request_id"] for duration in durations]
+        first_end = START + 1.0 + expected_seconds(2, 25)
+        second_end = START + 1.0 + expected_seconds(4, 25)
+        timeline = [
+            (START + 1.0, ["PROCESSING", "PROCESSING", "QUEUED", "QUEUED"]),
+            (first_end - 0.01, ["PROCESSING", "PROCESSING", "QUEUED", "QUEUED"]),
+            (first_end, ["COMPLETED", "PROCESSING", "PROCESSING", "QUEUED"]),
+            (second_end - 0.01, ["COMPLETED", "PROCESSING", "PROCESSING", "QUEUED"]),
+            (second_end, ["COMPLETED", "COMPLETED", "PROCESSING", "PROCESSING"]),
+            (second_end + expected_seconds(2, 25), ["COMPLETED", "COMPLETED", "PROCESSING", "COMPLETED"]),
+        ]
+        for moment, expected in timeline:
+            clock.now = moment
+            assert await statuses(client, ids) == expected, moment - START
+    started = [sandbox.stats().jobs[request_id].started_at for request_id in ids]
+    assert started == [START + 1.0, START + 1.0, first_end, second_end]
+
+
+async def test_a_free_slot_is_taken_after_the_queue_wait_not_before(clock: FakeClock) -> None:
+    """A job submitted while a slot is idle still waits queue_seconds, as without a cap."""
+    sandbox = create_sandbox(SandboxConfig(clock=clock, concurrency=1))
+    async with client_for(sandbox) as client:
+        await submit(client)
+        clock.advance(3600)
+        late = (await submit(client)).json()["request_id"]
+    assert sandbox.stats().jobs[late].started_at == clock.now + 1.0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/hook",
+        "http://10.0.0.1/hook",
+        "http://localhost.example.com/hook",
+        "ftp://127.0.0.1/hook",
+        "https:///hook",
+        "hook",
+        "",
+        "http://[::1/hook",
+    ],
+)
+async def test_a_webhook_url_that_is_not_https_or_loopback_http_is_refused(
+    client: httpx2.AsyncClient, sandbox: Sandbox, url: str
+) -> None:
+    """Plain http to a non-loopback host, other schemes and malformed URLs get a 400 and create no job."""
+    response = await client.post(SUBMIT, json={"prompt": "rain"}, headers=KEY | {"X-Webhook-URL": url})
+    assert response.status_code == 400
+    assert response.json()["error"] == "Bad Request"
+    assert "X-Webhook-URL" in response.json()["message"]
+    assert sandbox.stats().jobs == {}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.com/hook",
+        "https://93.184.216.34:8443/hook?token=x",
+        "http://127.0.0.1:8000/hook",
+        "http://127.9.8.7/hook",
+        "http://[::1]:8000/hook",
+        "http://localhost/hook",
+    ],
+)
+async def test_https_and_loopback_http_webhook_urls_are_accepted(client: httpx2.AsyncClient, url: str) -> None:
+    """https anywhere and http to 127.0.0.0/8, ::1 or localhost (for tests) are accepted."""
+    await submit_hooked(client, url)
+
+
+async def test_an_unknown_webhook_mode_is_refused(client: httpx2.AsyncClient) -> None:
+    """X-Webhook-Mode must be terminal or sync (any case)."""
+    headers = KEY | {"X-Webhook-URL": HOOK, "X-Webhook-Mode": "always"}
+    response = await client.post(SUBMIT, json={"prompt": "rain"}, headers=headers)
+    assert response.status_code == 400
+    assert "X-Webhook-Mode" in response.json()["message"]
+    await submit_hooked(client, mode="SYNC")
+
+
+@pytest.mark.parametrize("duplicates", [0, 2])
+async def test_terminal_mode_posts_the_status_body_once_at_the_end_plus_the_configured_duplicates(
+    clock: FakeClock, duplicates: int
+) -> None:
+    """Nothing while QUEUED or PROCESSING; at the end 1 + N identical unsigned POSTs of the GET status body."""
+    sandbox = create_sandbox(SandboxConfig(clock=clock, webhook_duplicates=duplicates))
+    receiver = Receiver()
+    async with client_for(sandbox) as client, delivering(sandbox, receiver.transport):
+        request_id = await submit_hooked(client)
+        clock.advance(5.0)
+        await settle()
+        assert receiver.requests == []
+        clock.advance(3600)
+        await until(lambda: len(receiver.requests) >= 1 + duplicates)
+        status = (await poll(client, request_id)).json()
+    assert receiver.bodies() == [status] * (1 + duplicates)
+    assert status["status"] == "COMPLETED"
+    for request in receiver.requests:
+        assert (request.method, str(request.url)) == ("POST", HOOK)
+        assert request.headers["content-type"] == "application/json"
+        assert "ocp-apim-subscription-key" not in request.headers
+    assert sandbox.stats().jobs[request_id].webhooks_sent == 1 + duplicates
+
+
+async def test_terminal_mode_reports_a_failed_job_with_its_error(clock: FakeClock) -> None:
+    """A job that ends FAILED sends one callback with status FAILED, the error text and output null."""
+    sandbox = create_sandbox(SandboxConfig(clock=clock))
+    sandbox.add_fault(Fault(FaultKind.JOB_FAILED, times=1))
+    receiver = Receiver()
+    async with client_for(sandbox) as client, delivering(sandbox, receiver.transport):
+        await submit_hooked(client, mode="terminal")
+        clock.advance(3600)
+        await until(lambda: len(receiver.requests) >= 1)
+    [body] = receiver.bodies()
+    assert (body["status"], body["output"]) == ("FAILED", None)
+    assert body["error"] == "Generation failed: the model produced no audio"
+
+
+async def test_sync_mode_posts_queued_processing_and_completed_in_order(clock: FakeClock) -> None:
+    """Each status change is one callback, in order, stamped with the time it happened, even across a clock jump."""
+    sandbox = create_sandbox(SandboxConfig(clock=clock))
+    receiver = Receiver()
+    async with client_for(sandbox) as client, delivering(sandbox, receiver.transport):
+        stepped = await submit_hooked(client, "http://127.0.0.1:8999/stepped", mode="sync")
+        await until(lambda: len(receiver.requests) >= 1)
+        clock.advance(1.0)
+        await until(lambda: len(receiver.requests) >= 2)
+        clock.advance(3600)
+        await until(lambda: len(receiver.requests) >= 3)
+        jumped = await submit_hooked(client, "http://127.0.0.1:8999/jumped", mode="sync")
+        clock.advance(3600)
+        await until(lambda: len(receiver.requests) >= 6)
+    by_job = {
+        request_id: [body for body in receiver.bodies() if body["request_id"] == request_id]
+        for request_id in (stepped, jumped)
+    }
+    for bodies in by_job.values():
+        assert [body["status"] for body in bodies] == ["QUEUED", "PROCESSING", "COMPLETED"]
+        assert bodies[0]["output"] is None
+        assert bodies[-1]["output"]["media_type"] == "audio/wav"
+    assert [body["updated_at"] for body in by_job[stepped]] == [
+        "2026-03-31 10:00:00",
+        "2026-03-31 10:00:01",
+        "2026-03-31 10:00:06",
+    ]
+    assert len(receiver.requests) == 6
+
+
+async def test_failed_deliveries_are_counted_and_never_stop_the_dispatcher(clock: FakeClock) -> None:
+    """Connection errors, non-2xx answers and crashing receivers count as failures; other callbacks still go."""
+    sandbox = create_sandbox(SandboxConfig(clock=clock))
+    delivered: list[str] = []
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        if request.url.path == "/down":
+            raise httpx2.ConnectError("connection refused", request=request)
+        if request.url.path == "/crash":
+            raise RuntimeError("receiver bug")
+        delivered.append(request.url.path)
+        return httpx2.Response(500 if request.url.path == "/broken" else 204)
+
+    async with client_for(sandbox) as client, delivering(sandbox, httpx2.MockTransport(handle)):
+        ids = [await submit_hooked(client, f"http://127.0.0.1:8999/{path}") for path in ("down", "crash", "broken")]
+        clock.advance(3600)
+        await until(lambda: sandbox.stats().webhook_failures >= 3)
+        ok = await submit_hooked(client, "http://127.0.0.1:8999/ok")
+        clock.advance(3600)
+        await until(lambda: "/ok" in delivered)
+    stats = sandbox.stats()
+    assert stats.webhook_failures == 3
+    assert [stats.jobs[request_id].webhooks_sent for request_id in [*ids, ok]] == [1, 1, 1, 1]
+    assert delivered == ["/broken", "/ok"]
+
+
+async def test_the_app_lifespan_runs_the_dispatcher(clock: FakeClock) -> None:
+    """Under a server with lifespan on, callbacks go out with no explicit dispatcher (here to a closed port)."""
+    sandbox = create_sandbox(SandboxConfig(clock=clock))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound but not listening: connections are refused at once
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/hook"
+        async with sandbox.app.router.lifespan_context(sandbox.app), client_for(sandbox) as client:
+            request_id = await submit_hooked(client, url)
+            clock.advance(3600)
+            await until(lambda: sandbox.stats().webhook_failures >= 1, limit=2.0)
+    assert sandbox.stats().jobs[request_id].webhooks_sent == 1
+
+
+async def test_job_timing_records_the_schedule_polls_and_the_first_terminal_poll(
+    client: httpx2.AsyncClient, clock: FakeClock, sandbox: Sandbox
+) -> None:
+    """first_terminal_poll_at is the clock at the first poll answering a terminal status; later ones keep it."""
+    request_id = (await submit(client)).json()["request_id"]
+    await poll(client, request_id)
+    clock.advance(30.0)
+    await poll(client, request_id)
+    clock.advance(10.0)
+    await poll(client, request_id)
+    assert sandbox.stats().jobs[request_id] == JobTiming(
+        submitted_at=START,
+        started_at=START + 1.0,
+        completed_at=START + 1.0 + expected_seconds(2, 25),
+        status="COMPLETED",
+        first_terminal_poll_at=START + 30.0,
+        polls=3,
+        webhooks_sent=0,
+    )
+
+
+async def test_job_timing_knows_the_final_status_at_submit_and_stats_are_a_snapshot(
+    client: httpx2.AsyncClient, sandbox: Sandbox
+) -> None:
+    """A job under a JOB_ERROR fault is recorded as ERROR from the start; editing a snapshot changes nothing."""
+    sandbox.add_fault(Fault(FaultKind.JOB_ERROR, times=1))
+    request_id = (await submit(client)).json()["request_id"]
+    snapshot = sandbox.stats()
+    assert snapshot.jobs[request_id].status == "ERROR"
+    snapshot.jobs[request_id].polls = 99
+    assert sandbox.stats().jobs[request_id].polls == 0
