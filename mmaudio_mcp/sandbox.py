@@ -125,6 +125,7 @@ class JobTiming:
     first_terminal_poll_at: float | None = None  # the first status poll that answered a terminal status
     polls: int = 0  # status requests for this job, whatever the answer
     webhooks_sent: int = 0  # callback POSTs attempted, duplicates included, whatever the outcome
+    webhook_url: str | None = None  # the X-Webhook-URL the submit carried
 
 
 @dataclass
@@ -368,6 +369,7 @@ class Sandbox:
         if webhook is not None:
             job.webhook = webhook
             self._hooked[job.request_id] = job
+            self._stats.jobs[job.request_id].webhook_url = webhook.url
         polling_url = f"{str(request.base_url).rstrip('/')}/v2/requests/status/{job.request_id}"
         return JSONResponse({"request_id": job.request_id, "status": "QUEUED", "polling_url": polling_url}, 202)
 

@@ -170,12 +170,12 @@ async def serve_asgi(app: ASGIApp, *, host: str, port: int) -> None:
 
 
 @asynccontextmanager
-async def serve_on_loopback(app: ASGIApp) -> AsyncGenerator[str]:
-    """Serve an ASGI app on a free loopback port inside this event loop; yield its base URL."""
+async def serve_on_loopback(app: ASGIApp, *, port: int = 0) -> AsyncGenerator[str]:
+    """Serve an ASGI app on a loopback port (a free one by default) inside this event loop; yield its base URL."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind((LOOPBACK, 0))
+    sock.bind((LOOPBACK, port))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the host owns signals
