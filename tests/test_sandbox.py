@@ -561,6 +561,7 @@ async def test_admin_routes_inject_and_clear_faults_and_report_stats(client: htt
         "first_terminal_poll_at": None,
         "polls": 0,
         "webhooks_sent": 0,
+        "webhook_url": None,
     }
     assert stats == {
         "submits": 2,
