@@ -12,6 +12,7 @@ Raw samples and the summary go to benchmarks/results/cold_start.json (git-ignore
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -109,10 +110,8 @@ def _rss_mib(pid: int) -> float:
 def _stop(process: subprocess.Popen[bytes]) -> tuple[int | None, bool]:
     """Close stdin (the stdio way to say goodbye), wait, and kill if it lingers."""
     if process.stdin is not None:
-        try:
+        with contextlib.suppress(BrokenPipeError):
             process.stdin.close()
-        except BrokenPipeError:
-            pass
     try:
         return process.wait(timeout=EXIT_TIMEOUT), False
     except subprocess.TimeoutExpired:
@@ -132,10 +131,11 @@ def measure(server: str, run: int, position: int) -> Sample:
         }
         with open(f"{temp}/stderr.log", "wb") as stderr:
             started = time.perf_counter()
-            process = subprocess.Popen(  # noqa: SIM115 (closed by _stop in every path)
+            process = subprocess.Popen(
                 SERVERS[server], cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr
             )
-            assert process.stdin is not None and process.stdout is not None
+            assert process.stdin is not None
+            assert process.stdout is not None
             reader = LineReader(process.stdout)
             deadline = started + ANSWER_TIMEOUT
             try:
@@ -249,18 +249,18 @@ def main() -> None:
     samples: list[Sample] = []
     for run in range(-args.warmup, args.runs):
         pair = order if run % 2 == 0 else order[::-1]
-        for position, server in enumerate(pair):
-            sample = measure(server, run, position)
-            if run >= 0:
-                samples.append(sample)
-        print(f"run {run:>2}: " + ", ".join(f"{s.server} {s.cold_start_ms:.0f} ms" for s in samples[-2:]), file=sys.stderr)
+        measured = [measure(server, run, position) for position, server in enumerate(pair)]
+        if run >= 0:
+            samples += measured
+        label = f"run {run}" if run >= 0 else "warm-up"
+        print(f"{label}: " + ", ".join(f"{s.server} {s.cold_start_ms:.0f} ms" for s in measured), file=sys.stderr)
 
     summary = summarize(samples)
     command = shlex.join([os.path.relpath(sys.executable, ROOT), *sys.argv])
     print(f"command: {command}")
     for server, argv in SERVERS.items():
         print(f"  {server}: {shlex.join(argv)}")
-    print(f"machine: nproc {os.cpu_count()}, Python {platform.python_version()}, {platform.machine()}")
+    print(f"machine: nproc {len(os.sched_getaffinity(0))}, Python {platform.python_version()}, {platform.machine()}")
     print()
     print(render(summary))
 
@@ -270,7 +270,7 @@ def main() -> None:
         "servers": SERVERS,
         "protocol_version": PROTOCOL_VERSION,
         "machine": {
-            "nproc": os.cpu_count(),
+            "nproc": len(os.sched_getaffinity(0)),
             "python": platform.python_version(),
             "platform": platform.platform(),
             "loadavg_after": os.getloadavg(),
