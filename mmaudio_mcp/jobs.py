@@ -35,7 +35,7 @@ from mmaudio_mcp.errors import (
     UpstreamUnavailableError,
 )
 from mmaudio_mcp.models import AudioFile, AudioJob, JobError, JobRecord, JobStatus, is_valid_request_id
-from mmaudio_mcp.pixazo import PixazoClient, new_http_client
+from mmaudio_mcp.pixazo import PixazoClient
 from mmaudio_mcp.polling import Pollers, elapsed_seconds
 from mmaudio_mcp.schedule import PollPolicy, eta_seconds, expected_seconds, seconds_per_unit
 from mmaudio_mcp.store import SqliteJobStore
@@ -84,11 +84,11 @@ class JobService:
         self._webhook_jobs: dict[str, str] = {}
         self._file_locks: dict[str, anyio.Lock] = {}
         self._rate = self._policy.prior_seconds_per_unit
+        self._rate_learned = False
+        self._output_checked = False
 
     async def __aenter__(self) -> Self:
-        await self._learn_rate()
-        if removed := await remove_stale_parts(self._output_dir):
-            logger.info("removed %d interrupted download(s) from %s", removed, self._output_dir)
+        # Nothing touches disk or network here: start-up stays fast, and a host that only lists tools pays nothing.
         await self._pollers.__aenter__()
         return self
 
@@ -104,6 +104,7 @@ class JobService:
     ) -> AudioJob:
         """Submit one job, record it, then wait up to wait_seconds for the audio."""
         self._client.require_key()
+        await self._learn_rate_once()
         record = await self._submit(params)
         if wait_seconds > 0:
             record = await self._pollers.wait(record, wait_seconds, progress)
@@ -113,6 +114,7 @@ class JobService:
         self, request_id: str, *, wait_seconds: float = 0, progress: ProgressCallback | None = None
     ) -> AudioJob:
         """Report a job: from the store when it is finished, else from Pixazo, waiting if asked."""
+        await self._learn_rate_once()
         record = await self._find(request_id)
         if not record.status.is_terminal:
             if wait_seconds > 0:
@@ -279,6 +281,10 @@ class JobService:
             raise MediaError("Pixazo reported the job complete but gave no media URL; try download_audio again.")
         prompt = record.params.prompt if record.params else ""
         dest = self._output_dir / audio_filename(prompt, record.request_id or record.local_id)
+        if not self._output_checked:
+            self._output_checked = True
+            if removed := await remove_stale_parts(self._output_dir):
+                logger.info("removed %d interrupted download(s) from %s", removed, self._output_dir)
         async with self._client.stream_media(record.media_url, max_bytes=self._max_media_bytes) as chunks:
             return await save_wav(chunks, dest, max_bytes=self._max_media_bytes)
 
@@ -307,6 +313,11 @@ class JobService:
 
     async def _learn_rate(self) -> None:
         self._rate = seconds_per_unit(await self._store.recent(HISTORY_SIZE), self._policy)
+        self._rate_learned = True
+
+    async def _learn_rate_once(self) -> None:
+        if not self._rate_learned:
+            await self._learn_rate()
 
 
 def _run_seconds(record: JobRecord, reply: StatusReply) -> float | None:
@@ -359,16 +370,17 @@ async def open_job_service(
     policy: PollPolicy | None = None,
     webhook_base: str | None = None,
 ) -> AsyncGenerator[JobService]:
-    """Assemble the HTTP client, the store and the service, and close them in order afterwards."""
-    async with new_http_client(http_transport) as http:
-        store = await SqliteJobStore.open(state_dir)
-        try:
-            client = PixazoClient(http, api_key, gateway_url)
-            async with JobService(client, store, output_dir, policy=policy, webhook_base=webhook_base) as service:
-                yield service
-        finally:
-            with anyio.CancelScope(shield=True):
-                await store.aclose()
+    """Assemble the Pixazo client, the store and the service, and close them in order afterwards. The HTTP client
+    and the database open on first use: a host that only lists tools pays for neither."""
+    client = PixazoClient(None, api_key, gateway_url, transport=http_transport)
+    store = SqliteJobStore.in_folder(state_dir)
+    try:
+        async with JobService(client, store, output_dir, policy=policy, webhook_base=webhook_base) as service:
+            yield service
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.aclose()
+            await client.aclose()
 
 
 __all__ = ["JobService", "open_job_service"]

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from urllib.parse import quote, urlsplit
 
 import httpx2
-import stamina
 from pydantic import SecretStr, ValidationError
 
 from mmaudio_mcp.errors import (
@@ -62,12 +61,39 @@ def new_http_client(transport: httpx2.AsyncBaseTransport | None = None) -> httpx
 
 
 class PixazoClient:
-    """Pixazo's MMAudio v2 API over a shared `httpx2.AsyncClient`."""
+    """Pixazo's MMAudio v2 API over one shared `httpx2.AsyncClient`.
 
-    def __init__(self, http: httpx2.AsyncClient, api_key: SecretStr | None, base_url: str) -> None:
-        self._http = http
+    Pass `http` to share a client you own; without it the client builds its own on first use (so that a server
+    that is only asked to list its tools never pays for a connection pool) and closes it in `aclose`.
+    """
+
+    def __init__(
+        self,
+        http: httpx2.AsyncClient | None,
+        api_key: SecretStr | None,
+        base_url: str,
+        *,
+        transport: httpx2.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._given = http
+        self._own: httpx2.AsyncClient | None = None
+        self._transport = transport
         self._key = api_key
         self._base_url = base_url.rstrip("/")
+
+    @property
+    def _http(self) -> httpx2.AsyncClient:
+        if self._given is not None:
+            return self._given
+        if self._own is None:
+            self._own = new_http_client(self._transport)
+        return self._own
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this object created it."""
+        if self._own is not None:
+            await self._own.aclose()
+            self._own = None
 
     def __repr__(self) -> str:
         return f"PixazoClient(base_url={self._base_url!r}, api_key={'***' if self._key else None})"
@@ -82,6 +108,8 @@ class PixazoClient:
         headers = self._headers()
         if webhook_url:
             headers |= {"X-Webhook-URL": webhook_url, "X-Webhook-Mode": "terminal"}
+        import stamina  # only needed once a request is made: keeps server start-up light
+
         async for attempt in stamina.retry_context(on=_submit_backoff, attempts=4, timeout=90.0, wait_max=10.0):
             with attempt:
                 return await self._submit_once(params, headers)
@@ -89,6 +117,8 @@ class PixazoClient:
 
     async def status(self, request_id: str) -> StatusReply:
         """Read a job's status, retrying transient failures with backoff and jitter."""
+        import stamina
+
         async for attempt in stamina.retry_context(on=_status_backoff, attempts=4, timeout=30.0, wait_max=5.0):
             with attempt:
                 return await self._status_once(request_id)

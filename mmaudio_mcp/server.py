@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Final, TypeVar
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from mmaudio_mcp.schedule import PollPolicy
     from mmaudio_mcp.settings import Settings
 
+logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 INSTRUCTIONS: Final = (
     "Generate sound effects, ambience and short music clips from text with MMAudio v2. "
@@ -244,8 +246,14 @@ def _add_routes(server: MCPServer[AppState], live: _Live) -> None:
 
     @server.custom_route("/healthz", methods=["GET"])
     async def healthz(_: Request) -> Response:
-        ready = live.state is not None
-        return JSONResponse({"status": "ok" if ready else "starting"}, status_code=200 if ready else 503)
+        if live.state is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        try:
+            await live.jobs.recent(1)  # opens the job store if nothing has yet: ready means usable
+        except Exception:  # the probe's whole point is to report any failure, not to raise it
+            logger.exception("health check: the job store is not usable")
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @server.custom_route("/webhooks/{token}", methods=["POST"])
     async def webhook(request: Request) -> Response:

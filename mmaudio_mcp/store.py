@@ -70,15 +70,22 @@ class SqliteJobStore:
     """A `JobStore` in one SQLite file; one connection, serialized, driven from worker threads."""
 
     def __init__(self, path: Path) -> None:
+        """Name the database; it is opened (and created if needed) on first use."""
         self.path = path
         self._conn: sqlite3.Connection | None = None
+        self._closed = False
         self._lock = anyio.Lock()
 
     @classmethod
+    def in_folder(cls, state_dir: Path) -> SqliteJobStore:
+        """The store kept as `jobs.sqlite3` in state_dir, opened on first use."""
+        return cls(state_dir / "jobs.sqlite3")
+
+    @classmethod
     async def open(cls, state_dir: Path) -> SqliteJobStore:
-        """Open (creating if needed) `jobs.sqlite3` in state_dir."""
-        store = cls(state_dir / "jobs.sqlite3")
-        store._conn = await anyio.to_thread.run_sync(_connect, store.path)
+        """Open (creating if needed) `jobs.sqlite3` in state_dir now, so that a problem shows at once."""
+        store = cls.in_folder(state_dir)
+        await store._run(lambda _: None)
         return store
 
     async def save(self, record: JobRecord) -> None:
@@ -106,6 +113,7 @@ class SqliteJobStore:
 
     async def aclose(self) -> None:
         async with self._lock:
+            self._closed = True
             if self._conn is not None:
                 conn, self._conn = self._conn, None
                 await anyio.to_thread.run_sync(conn.close)
@@ -116,9 +124,11 @@ class SqliteJobStore:
 
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         async with self._lock:
-            conn = self._conn
-            if conn is None:
+            if self._closed:
                 raise RuntimeError("the job store is closed")
+            if self._conn is None:
+                self._conn = await anyio.to_thread.run_sync(_connect, self.path)
+            conn = self._conn
             # Autocommit: every statement is its own durable transaction, committed before we return.
             return await anyio.to_thread.run_sync(work, conn)
 
