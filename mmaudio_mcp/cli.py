@@ -1,4 +1,4 @@
-"""Command line: `serve` (the default, what MCP hosts launch), `generate` from a terminal, and the `sandbox` gateway.
+"""Command line: `serve` (the default, what MCP hosts launch), the terminal commands, and the `sandbox` gateway.
 
 Logging goes to stderr: under stdio, stdout carries nothing but protocol messages.
 """
@@ -8,62 +8,114 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmaudio_mcp import __version__
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Sequence
+    from collections.abc import Sequence
 
-    from mmaudio_mcp.models import AudioJob, GenerationParams
-    from mmaudio_mcp.schedule import PollPolicy
+    from mmaudio_mcp.models import GenerationParams
     from mmaudio_mcp.settings import Settings
 
 logger = logging.getLogger("mmaudio_mcp")
 
-COMMANDS = ("serve", "generate", "sandbox")
-EXIT_ERROR = 1
-EXIT_NOT_FINISHED = 3
+COMMANDS = ("serve", "generate", "status", "jobs", "doctor", "sandbox")
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Parse the command line and run the chosen command (`serve` when none is named)."""
+    """Parse the command line and run the chosen command (`serve` when none is named).
+
+    Exit codes: 0 done, 1 error (one line on stderr; --debug shows the traceback), 2 usage, 3 job not finished
+    within the wait (its request_id is printed), 130 interrupted.
+    """
     words = list(sys.argv[1:] if argv is None else argv)
     if not words or words[0] not in {*COMMANDS, "-h", "--help", "--version"}:
         words.insert(0, "serve")
     args = _parser().parse_args(words)
-    logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    command = args.command
+    # Hosts keep the server's stderr as a log, so it gets timestamps; a person at a terminal gets plain lines.
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if args.command == "serve" else "%(levelname)s: %(message)s"
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format=fmt)
     try:
-        if command == "sandbox":
-            _run_sandbox(args.host, args.port, args.speed)
-        elif command == "generate":
-            sys.exit(_run_generate(args))
-        else:
-            _run_serve(args)
+        sys.exit(_dispatch(args))
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:
-        from mmaudio_mcp.errors import MmaudioError
-
-        if not isinstance(exc, MmaudioError):
+        if args.debug:
             raise
-        print(f"error: {exc.message}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "sandbox":
+        _run_sandbox(args.host, args.port, args.speed)
+        return 0
+    if args.command == "serve":
+        _run_serve(args)
+        return 0
+    from mmaudio_mcp import terminal
+
+    settings = _settings(args)
+    if args.command == "generate":
+        return terminal.generate(args, settings, _params(args))
+    if args.command == "status":
+        return terminal.status(args, settings)
+    if args.command == "jobs":
+        return terminal.jobs(args, settings)
+    return terminal.doctor(args, settings)
+
+
+def _one_line(exc: Exception) -> str:
+    """Say what went wrong in one line: our errors carry an actionable message, others their type and text."""
+    from pydantic import ValidationError
+
+    from mmaudio_mcp.errors import MmaudioError
+
+    if isinstance(exc, MmaudioError):
+        return exc.message
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        return f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
+    return f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mmaudio-mcp", description="MCP server for MMAudio v2 text-to-audio on the Pixazo gateway."
+        prog="mmaudio-mcp",
+        description="MCP server for Sony AI's MMAudio v2 text-to-audio on the Pixazo gateway. "
+        "With no command it serves MCP over stdio, which is what MCP hosts launch.",
+        epilog="Exit codes: 0 done, 1 error, 2 usage, 3 job not finished yet (its request_id is printed), "
+        "130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{serve,generate,sandbox}")
+    commands = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    _add_serve(commands.add_parser("serve", help="serve MCP (the default when no command is given)"))
+    _add_generate(commands.add_parser("generate", help="generate one sound and print the path of its WAV"))
+    status = commands.add_parser("status", help="report a job (and save its WAV once complete)")
+    status.add_argument("request_id", help="the request_id that generate printed or a tool returned")
+    status.add_argument("--wait-seconds", type=float, default=0.0, help="wait up to this long for it to finish")
+    jobs = commands.add_parser("jobs", help="list recent jobs from the local store (no network)")
+    jobs.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    doctor = commands.add_parser("doctor", help="check key, gateway, folders and versions; print a host config")
+    sandbox = commands.add_parser("sandbox", help="run the offline Pixazo sandbox gateway")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8787)
+    sandbox.add_argument("--speed", type=float, default=1.0, help="time factor for jobs (0 = instant)")
+    for command in (status, jobs, doctor):
+        _add_common(command)
+    for command in commands.choices.values():
+        command.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+        command.add_argument("--debug", action="store_true", help="show tracebacks")
+        if command.prog.split()[-1] in ("generate", "status", "jobs", "doctor"):
+            command.add_argument("--json", action="store_true", help="print JSON for scripts")
+    return parser
 
-    serve = commands.add_parser("serve", help="serve MCP (the default when no command is given)")
+
+def _add_serve(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--transport", choices=["stdio", "sse", "streamable-http"], help="how hosts connect (MMAUDIO_TRANSPORT; stdio)"
     )
@@ -77,23 +129,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--wait-seconds", type=float, help="default wait inside one tool call (MMAUDIO_WAIT_SECONDS)")
     _add_common(serve)
 
-    generate = commands.add_parser("generate", help="generate one sound from the terminal")
+
+def _add_generate(generate: argparse.ArgumentParser) -> None:
     generate.add_argument("prompt", help="what the sound is, e.g. 'rain on a tin roof'")
-    generate.add_argument("--negative-prompt", default="")
+    generate.add_argument("--negative-prompt", default="", help="sounds to avoid, e.g. 'music, voices'")
     generate.add_argument("--duration", type=int, default=8, help="seconds, 2-30 (default 8)")
     generate.add_argument("--num-steps", type=int, default=25, help="10-100 (default 25)")
     generate.add_argument("--cfg-strength", type=float, default=4.5, help="1.0-10.0 (default 4.5)")
     generate.add_argument("--mask-away-clip", action="store_true")
     generate.add_argument("--wait-seconds", type=float, default=300.0, help="how long to wait (default 300)")
     _add_common(generate)
-
-    sandbox = commands.add_parser("sandbox", help="run the offline Pixazo sandbox gateway")
-    sandbox.add_argument("--host", default="127.0.0.1")
-    sandbox.add_argument("--port", type=int, default=8787)
-    sandbox.add_argument("--speed", type=float, default=1.0, help="time factor for jobs (0 = instant)")
-    for command in (serve, generate, sandbox):
-        command.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    return parser
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +155,19 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     return load_settings(output_dir=args.output_dir, state_dir=args.state_dir, gateway_url=args.gateway_url, **extra)
 
 
+def _params(args: argparse.Namespace) -> GenerationParams:
+    from mmaudio_mcp.models import GenerationParams
+
+    return GenerationParams(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        duration=args.duration,
+        num_steps=args.num_steps,
+        cfg_strength=args.cfg_strength,
+        mask_away_clip=args.mask_away_clip,
+    )
+
+
 def _run_serve(args: argparse.Namespace) -> None:
     import anyio
 
@@ -118,6 +176,7 @@ def _run_serve(args: argparse.Namespace) -> None:
 
 async def _serve(args: argparse.Namespace) -> None:
     from mmaudio_mcp.server import build_server
+    from mmaudio_mcp.terminal import gateway
     from mmaudio_mcp.transport import Exposure, Transport, serve
 
     settings = _settings(args, wait_seconds=args.wait_seconds, transport=args.transport, host=args.host, port=args.port)
@@ -132,37 +191,8 @@ async def _serve(args: argparse.Namespace) -> None:
     transport = Transport(settings.transport)
     if transport is not Transport.STDIO:
         exposure.check()  # before anything starts, so the refusal is the only thing the user sees
-    async with _gateway(args, settings) as (settings, policy):
+    async with gateway(args, settings) as (settings, policy):
         await serve(build_server(settings, policy=policy), transport, exposure)
-
-
-@asynccontextmanager
-async def _gateway(args: argparse.Namespace, settings: Settings) -> AsyncGenerator[tuple[Settings, PollPolicy | None]]:
-    """Yield the settings and poll policy to use: as given, or for an in-process sandbox on a free loopback port."""
-    if not args.sandbox:
-        yield settings, None
-        return
-    from mmaudio_mcp.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
-    from mmaudio_mcp.schedule import PollPolicy
-    from mmaudio_mcp.transport import serve_on_loopback
-
-    async with serve_on_loopback(create_sandbox(SandboxConfig(speed=args.sandbox_speed)).app) as url:
-        logger.warning("sandbox mode: fake Pixazo gateway at %s; no real audio is generated", url)
-        sandboxed = settings.model_copy(
-            update={
-                "gateway_url": url,
-                "api_key": _secret(SANDBOX_API_KEY),
-                "state_dir": settings.state_dir / "sandbox",
-                "output_dir": settings.output_dir / "sandbox",
-            }
-        )
-        yield sandboxed, PollPolicy().scaled(max(args.sandbox_speed, 0.01))
-
-
-def _secret(value: str) -> Any:
-    from pydantic import SecretStr
-
-    return SecretStr(value)
 
 
 def _run_sandbox(host: str, port: int, speed: float) -> None:
@@ -170,73 +200,8 @@ def _run_sandbox(host: str, port: int, speed: float) -> None:
 
     from mmaudio_mcp.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
 
-    print(
-        f"Pixazo sandbox on http://{host}:{port} (key: {SANDBOX_API_KEY}); press Ctrl+C to stop.",
-        file=sys.stderr,
-    )
+    print(f"Pixazo sandbox on http://{host}:{port} (key: {SANDBOX_API_KEY}); press Ctrl+C to stop.", file=sys.stderr)
     uvicorn.run(create_sandbox(SandboxConfig(speed=speed)).app, host=host, port=port, log_level="warning")
-
-
-def _run_generate(args: argparse.Namespace) -> int:
-    import anyio
-    from pydantic import ValidationError
-
-    from mmaudio_mcp.errors import MmaudioError
-    from mmaudio_mcp.models import GenerationParams
-
-    try:
-        params = GenerationParams(
-            prompt=args.prompt,
-            negative_prompt=args.negative_prompt,
-            duration=args.duration,
-            num_steps=args.num_steps,
-            cfg_strength=args.cfg_strength,
-            mask_away_clip=args.mask_away_clip,
-        )
-        job = anyio.run(_generate, args, params)
-    except ValidationError as exc:
-        print(f"error: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", file=sys.stderr)
-        return EXIT_ERROR
-    except MmaudioError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return EXIT_ERROR
-    if job.status.is_terminal and job.file is None:
-        return EXIT_ERROR
-    if job.file is None:
-        print(f"Not finished yet: {job.next_step}", file=sys.stderr)
-        print(job.request_id)
-        return EXIT_NOT_FINISHED
-    print(job.file.path)
-    return 0
-
-
-async def _generate(args: argparse.Namespace, params: GenerationParams) -> AudioJob:
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from mmaudio_mcp.jobs import open_job_service
-
-    async with (
-        _gateway(args, _settings(args)) as (settings, policy),
-        open_job_service(
-            api_key=settings.api_key,
-            gateway_url=settings.gateway_url,
-            state_dir=settings.state_dir,
-            output_dir=settings.output_dir,
-            policy=policy,
-        ) as jobs,
-    ):
-        columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task(f"Submitting '{params.prompt[:40]}'", total=None)
-
-            async def show(progress: float, total: float | None, message: str) -> None:
-                bar.update(task, completed=progress, total=total, description=message)
-
-            job = await jobs.generate(params, wait_seconds=args.wait_seconds, progress=show)
-        if job.error is not None and job.file is None:
-            print(f"error: {job.error.message}", file=sys.stderr)
-        return job
 
 
 __all__ = ["main"]

@@ -83,7 +83,10 @@ class Pollers:
     ) -> bool | None:
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
-        return await self._task_group.__aexit__(exc_type, exc, tb)
+        # The pollers are background work that catch their own errors; an exception from the code using us passes
+        # through unchanged instead of being wrapped in an ExceptionGroup by the task group.
+        await self._task_group.__aexit__(None, None, None)
+        return None
 
     async def wait(self, record: JobRecord, seconds: float, progress: ProgressCallback | None) -> JobRecord:
         """Wait up to `seconds` for the job to finish, reporting progress; return the latest record."""

@@ -18,7 +18,7 @@ from pydantic import Field
 from starlette.requests import Request  # noqa: TC002 (route signatures are read at runtime)
 from starlette.responses import JSONResponse, Response
 
-from mmaudio_mcp import __version__
+from mmaudio_mcp import __version__, prompts
 from mmaudio_mcp.errors import InvalidArgumentError, MmaudioError, UnknownJobError
 from mmaudio_mcp.jobs import JobService, open_job_service
 from mmaudio_mcp.models import REQUEST_ID_PATTERN, AudioJob, GenerationParams
@@ -137,7 +137,17 @@ def build_server(
     )
     _add_resources(server, live)
     _add_routes(server, live)
+    _add_prompts(server)
     return server
+
+
+def _add_prompts(server: MCPServer[AppState]) -> None:
+    server.prompt(name="sound_effect", title="Sound effect", description="Write a good MMAudio sound-effect request.")(
+        prompts.sound_effect
+    )
+    server.prompt(name="ambience", title="Ambience", description="Write a good MMAudio ambience request.")(
+        prompts.ambience
+    )
 
 
 def _tools(default_wait: float) -> list[Tool]:

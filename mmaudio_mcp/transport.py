@@ -179,14 +179,19 @@ async def serve_on_loopback(app: ASGIApp, *, port: int = 0) -> AsyncGenerator[st
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the host owns signals
+    failure: Exception | None = None
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(server.serve, [sock])
         while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
             await anyio.sleep(0.01)
         try:
             yield f"http://{LOOPBACK}:{port}"
+        except Exception as exc:  # re-raised below, unwrapped, once the server has shut down cleanly
+            failure = exc
         finally:
             server.should_exit = True
+    if failure is not None:
+        raise failure
 
 
 __all__ = ["BearerAuth", "Exposure", "Transport", "http_app", "is_loopback", "serve", "serve_asgi", "serve_on_loopback"]

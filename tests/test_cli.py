@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,9 +14,10 @@ from mmaudio_mcp.audio import read_wav_info
 from mmaudio_mcp.cli import main
 
 
-def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path / "home")}
-    env |= {"MMAUDIO_OUTPUT_DIR": str(tmp_path / "out"), "MMAUDIO_STATE_DIR": str(tmp_path / "state")}
+def run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path / "home")}
+    base |= {"MMAUDIO_OUTPUT_DIR": str(tmp_path / "out"), "MMAUDIO_STATE_DIR": str(tmp_path / "state")}
+    env = base | (env or {})
     return subprocess.run(
         [sys.executable, "-m", "mmaudio_mcp", *args],
         env=env,
@@ -98,3 +100,52 @@ def test_the_sandbox_command_serves_the_fake_gateway_on_the_given_port(tmp_path:
         process.terminate()
         _, stderr = process.communicate(timeout=10)
     assert b"sandbox-key" in stderr
+
+
+def test_status_and_jobs_report_a_finished_job_from_the_store(tmp_path: Path) -> None:
+    """`generate --json` then `status` prints the same file; `jobs --json` lists it without any network call."""
+    made = run_cli(tmp_path, "generate", "a bell", "--duration", "2", "--sandbox", "--sandbox-speed", "0.02", "--json")
+    assert made.returncode == 0, made.stderr
+    job = json.loads(made.stdout)
+    status = run_cli(tmp_path, "status", job["request_id"], "--sandbox")
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.strip() == job["file"]["path"]
+    listed = run_cli(tmp_path, "jobs", "--sandbox", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [row["request_id"] for row in rows] == [job["request_id"]]
+    assert "webhook_token" not in rows[0]
+
+
+def test_errors_are_one_line_unless_debug_is_given(tmp_path: Path) -> None:
+    """A user error is one actionable line with exit code 1; --debug adds the traceback."""
+    plain = run_cli(tmp_path, "status", "../../etc/passwd")
+    assert plain.returncode == 1
+    assert plain.stderr.strip().splitlines() == [plain.stderr.strip()]
+    assert "is not a Pixazo request_id" in plain.stderr
+    debug = run_cli(tmp_path, "status", "../../etc/passwd", "--debug")
+    assert "Traceback" in debug.stderr
+
+
+async def test_doctor_checks_the_set_up_and_prints_a_host_config(tmp_path: Path) -> None:
+    """With a reachable gateway and a key every check passes; without a key doctor fails and says which variable."""
+    import anyio
+
+    from mmaudio_mcp.sandbox import SANDBOX_API_KEY, create_sandbox
+    from mmaudio_mcp.transport import serve_on_loopback
+
+    async with serve_on_loopback(create_sandbox().app) as gateway:
+        extra = {"PIXAZO_GATEWAY_URL": gateway}
+        good = await anyio.to_thread.run_sync(
+            lambda: run_cli(tmp_path, "doctor", "--json", env={**extra, "PIXAZO_API_KEY": SANDBOX_API_KEY})
+        )
+        keyless = await anyio.to_thread.run_sync(lambda: run_cli(tmp_path, "doctor", "--json", env=extra))
+    report = json.loads(good.stdout)
+    assert good.returncode == 0, report
+    assert all(check["ok"] for check in report["checks"])
+    assert SANDBOX_API_KEY not in good.stdout
+    server = report["host_config"]["mcpServers"]["mmaudio"]
+    assert set(server["env"]) == {"PIXAZO_API_KEY", "MMAUDIO_OUTPUT_DIR"}
+    failed = json.loads(keyless.stdout)
+    assert keyless.returncode == 1
+    assert [check["name"] for check in failed["checks"] if not check["ok"]] == ["API key"]

@@ -261,3 +261,17 @@ async def test_concurrent_waiters_on_one_job_share_one_poller(client: Client, sa
     single = sandbox.stats().polls[rid]
     assert single <= 6, single
     assert sandbox.stats().media_fetches[rid] == 1
+
+
+async def test_prompts_help_write_requests_mmaudio_handles_well(client: Client) -> None:
+    """The sound_effect and ambience prompts exist, take their arguments and carry the model's limits."""
+    listed = {prompt.name: prompt for prompt in (await client.list_prompts()).prompts}
+    assert set(listed) == {"sound_effect", "ambience"}
+    assert [argument.name for argument in listed["sound_effect"].arguments or []] == ["subject", "context", "duration"]
+    got = await client.get_prompt("sound_effect", {"subject": "a door slams", "duration": "3"})
+    text = getattr(got.messages[0].content, "text", "")
+    assert "a door slams" in text
+    assert "duration=3" in text
+    assert "negative_prompt" in text
+    ambience = await client.get_prompt("ambience", {"place": "a rainy forest at night"})
+    assert "music, speech, voices" in getattr(ambience.messages[0].content, "text", "")

@@ -1,0 +1,285 @@
+"""Commands for people at a terminal: generate, status, jobs and doctor, with progress bars, tables and --json.
+
+Results go to stdout (a path, a table, or JSON for scripts); progress, warnings and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from mmaudio_mcp import __version__
+from mmaudio_mcp.errors import JobFailedError
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import AsyncGenerator
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from mmaudio_mcp.jobs import JobService
+    from mmaudio_mcp.models import AudioJob, GenerationParams, JobRecord
+    from mmaudio_mcp.schedule import PollPolicy
+    from mmaudio_mcp.settings import Settings
+
+logger = logging.getLogger("mmaudio_mcp")
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_NOT_FINISHED: Final = 3
+
+
+@asynccontextmanager
+async def gateway(args: argparse.Namespace, settings: Settings) -> AsyncGenerator[tuple[Settings, PollPolicy | None]]:
+    """Yield the settings and poll policy to use: as given, or for an in-process sandbox on a free loopback port."""
+    if not args.sandbox:
+        yield settings, None
+        return
+    from pydantic import SecretStr
+
+    from mmaudio_mcp.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
+    from mmaudio_mcp.schedule import PollPolicy
+    from mmaudio_mcp.transport import serve_on_loopback
+
+    async with serve_on_loopback(create_sandbox(SandboxConfig(speed=args.sandbox_speed)).app) as url:
+        logger.warning("sandbox mode: fake Pixazo gateway at %s; no real audio is generated", url)
+        sandboxed = settings.model_copy(
+            update={
+                "gateway_url": url,
+                "api_key": SecretStr(SANDBOX_API_KEY),
+                "state_dir": settings.state_dir / "sandbox",
+                "output_dir": settings.output_dir / "sandbox",
+            }
+        )
+        yield sandboxed, PollPolicy().scaled(max(args.sandbox_speed, 0.01))
+
+
+@asynccontextmanager
+async def job_service(args: argparse.Namespace, settings: Settings) -> AsyncGenerator[JobService]:
+    """Open the job service the way the server does, on the real gateway or the sandbox."""
+    from mmaudio_mcp.jobs import open_job_service
+
+    async with (
+        gateway(args, settings) as (settings, policy),
+        open_job_service(
+            api_key=settings.api_key,
+            gateway_url=settings.gateway_url,
+            state_dir=settings.state_dir,
+            output_dir=settings.output_dir,
+            policy=policy,
+        ) as jobs,
+    ):
+        yield jobs
+
+
+# --- generate and status ----------------------------------------------------------------------------------------
+
+
+def generate(args: argparse.Namespace, settings: Settings, params: GenerationParams) -> int:
+    """Generate one sound with a progress bar; print its path (or JSON)."""
+    job = anyio.run(_generate, args, settings, params)
+    return _report_job(job, args.json)
+
+
+async def _generate(args: argparse.Namespace, settings: Settings, params: GenerationParams) -> AudioJob:
+    async with job_service(args, settings) as jobs, _progress_bar(f"Submitting '{params.prompt[:40]}'") as show:
+        return await jobs.generate(params, wait_seconds=args.wait_seconds, progress=show)
+
+
+def status(args: argparse.Namespace, settings: Settings) -> int:
+    """Report (and with --wait-seconds, wait for) one job; a completed job's WAV is saved."""
+    job = anyio.run(_status, args, settings)
+    return _report_job(job, args.json)
+
+
+async def _status(args: argparse.Namespace, settings: Settings) -> AudioJob:
+    async with job_service(args, settings) as jobs, _progress_bar(f"Checking {args.request_id}") as show:
+        return await jobs.check(args.request_id, wait_seconds=args.wait_seconds, progress=show)
+
+
+@asynccontextmanager
+async def _progress_bar(description: str) -> AsyncGenerator[Any]:
+    """A transient progress bar on stderr, fed by the job service's progress callback."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=_console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        async def show(progress: float, total: float | None, message: str) -> None:
+            bar.update(task, completed=progress, total=total, description=message)
+
+        yield show
+
+
+def _report_job(job: AudioJob, as_json: bool) -> int:
+    """Print the job for a person (the path) or a script (JSON); choose the exit code."""
+    if job.status.is_terminal and job.file is None and job.error is not None:
+        raise JobFailedError(f"Job {job.request_id} ended {job.status.value}: {job.error.message}")
+    if as_json:
+        print(job.model_dump_json(indent=2))
+    elif job.file is not None:
+        print(job.file.path)
+    else:
+        print(job.request_id)
+    if job.file is None:
+        print(f"Not finished: {job.status.value}. {job.next_step or ''}".strip(), file=sys.stderr)
+        return EXIT_NOT_FINISHED
+    return EXIT_OK
+
+
+# --- jobs -------------------------------------------------------------------------------------------------------
+
+
+def jobs(args: argparse.Namespace, settings: Settings) -> int:
+    """List recent jobs from the store (no network call) as a table or JSON."""
+    state_dir = settings.state_dir / "sandbox" if args.sandbox else settings.state_dir
+    records = anyio.run(_recent, state_dir, args.limit)
+    if args.json:
+        print(json.dumps([record.model_dump(mode="json", exclude={"webhook_token"}) for record in records], indent=2))
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table("request_id", "status", "prompt", "created (UTC)", "file", title=f"{len(records)} recent jobs")
+    for record in records:
+        table.add_row(*_job_row(record))
+    _console().print(table)
+    return EXIT_OK
+
+
+async def _recent(state_dir: Path, limit: int) -> list[JobRecord]:
+    from mmaudio_mcp.store import SqliteJobStore
+
+    store = SqliteJobStore.in_folder(state_dir)
+    try:
+        return await store.recent(limit)
+    finally:
+        await store.aclose()
+
+
+def _job_row(record: JobRecord) -> tuple[str, str, str, str, str]:
+    prompt = record.params.prompt if record.params else ""
+    return (
+        record.request_id or "(no answer: may be billed)",
+        record.status.value,
+        prompt if len(prompt) <= 40 else prompt[:39] + "…",
+        record.created_at.strftime("%Y-%m-%d %H:%M"),
+        record.file.path if record.file else "",
+    )
+
+
+# --- doctor -----------------------------------------------------------------------------------------------------
+
+
+def doctor(args: argparse.Namespace, settings: Settings) -> int:
+    """Check what a working set-up needs and print the host config to paste; exit 1 if something is missing."""
+    checks = anyio.run(_checks, settings)
+    config = host_config(settings)
+    if args.json:
+        print(json.dumps({"checks": checks, "host_config": config}, indent=2))
+    else:
+        _print_checks(checks, config)
+    return EXIT_OK if all(check["ok"] for check in checks) else EXIT_ERROR
+
+
+async def _checks(settings: Settings) -> list[dict[str, Any]]:
+    key = settings.api_key
+    return [
+        _check("API key", key is not None, "set" if key else "PIXAZO_API_KEY is not set (try --sandbox meanwhile)"),
+        await _gateway_check(settings),
+        _folder_check("output folder", settings.output_dir),
+        _folder_check("state folder", settings.state_dir),
+        _check(
+            "versions",
+            True,
+            f"mmaudio-mcp {__version__}, mcp {version('mcp')}, Python {platform.python_version()}",
+        ),
+        _check("transports", True, "stdio, sse, streamable-http" + _webhook_note(settings)),
+    ]
+
+
+def _check(name: str, ok: bool, detail: str) -> dict[str, Any]:
+    return {"name": name, "ok": ok, "detail": detail}
+
+
+async def _gateway_check(settings: Settings) -> dict[str, Any]:
+    """Reach the gateway without spending anything: a status query for a job that does not exist."""
+    import httpx2
+
+    from mmaudio_mcp.pixazo import KEY_HEADER, STATUS_PATH
+
+    url = settings.gateway_url + STATUS_PATH.format(request_id="mmaudio-v2-text-to-audio_doctor")
+    headers = {KEY_HEADER: settings.api_key.get_secret_value()} if settings.api_key else {}
+    try:
+        async with httpx2.AsyncClient(timeout=10.0) as http:
+            reply = await http.get(url, headers=headers)
+    except httpx2.HTTPError as exc:
+        return _check("gateway", False, f"{settings.gateway_url} is unreachable ({type(exc).__name__})")
+    verdict = {401: "reachable, but the key was refused (401)", 403: "reachable, but access is forbidden (403)"}
+    detail = verdict.get(reply.status_code, f"reachable (HTTP {reply.status_code} for a made-up job)")
+    return _check(
+        "gateway", reply.status_code not in verdict or not settings.api_key, f"{settings.gateway_url}: {detail}"
+    )
+
+
+def _folder_check(name: str, folder: Path) -> dict[str, Any]:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".mmaudio-doctor"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        return _check(name, False, f"{folder} is not writable ({exc.strerror})")
+    return _check(name, True, f"{folder} (writable)")
+
+
+def _webhook_note(settings: Settings) -> str:
+    return f"; webhooks at {settings.public_url} when serving HTTP" if settings.public_url else ""
+
+
+def host_config(settings: Settings) -> dict[str, Any]:
+    """The Claude Desktop / Cursor style entry for this installation, with every setting in `env`."""
+    command = shutil.which("mmaudio-mcp") or os.path.abspath(sys.argv[0])
+    env = {"PIXAZO_API_KEY": "<your Pixazo key>", "MMAUDIO_OUTPUT_DIR": str(settings.output_dir)}
+    return {"mcpServers": {"mmaudio": {"command": command, "env": env}}}
+
+
+def _print_checks(checks: list[dict[str, Any]], config: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table("check", "", "detail", title="mmaudio-mcp doctor")
+    for check in checks:
+        table.add_row(check["name"], "[green]ok[/]" if check["ok"] else "[red]fail[/]", check["detail"])
+    console = _console()
+    console.print(table)
+    console.print("Paste into your host's MCP config (Claude Desktop: claude_desktop_config.json):")
+    console.print_json(json.dumps(config))
+
+
+def _console(*, stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_NOT_FINISHED",
+    "EXIT_OK",
+    "doctor",
+    "gateway",
+    "generate",
+    "host_config",
+    "jobs",
+    "status",
+]
