@@ -1,0 +1,80 @@
+"""Run the ecosystem's Node tools (the official conformance suite, the TypeScript SDK) against our real server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx2
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_DIR = ROOT / "tests" / "node"
+
+
+def require_npm() -> None:
+    """Skip where Node is missing on a developer machine; in CI a missing Node is a failure, not a skip."""
+    if shutil.which("npm") and shutil.which("node"):
+        return
+    if os.environ.get("CI"):
+        pytest.fail("CI needs Node.js and npm for the ecosystem checks")
+    pytest.skip("Node.js/npm not installed")
+
+
+def install_node_packages(folder: Path) -> None:
+    """`npm install` once per folder (its package.json pins the SDK version)."""
+    if (folder / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir():
+        return
+    subprocess.run(
+        ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(folder)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def server_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home)}
+    env |= {"MMAUDIO_OUTPUT_DIR": str(home / "out"), "MMAUDIO_STATE_DIR": str(home / "state")}
+    return env | extra
+
+
+@contextmanager
+def http_server(home: Path, *args: str, **env: str) -> Iterator[str]:
+    """`mmaudio-mcp serve --sandbox --transport streamable-http` in a subprocess; yield its MCP URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "mmaudio_mcp", "serve", "--sandbox", "--transport", "streamable-http"]
+    command += ["--port", str(port), *args]
+    process = subprocess.Popen(command, env=server_env(home, **env), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx2.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
