@@ -10,15 +10,13 @@ import json
 import os
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mmaudio_mcp.settings import Settings
 from tests.node_tools import NODE_DIR, http_server, install_node_packages, require_npm, server_env
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 PROBE = str(NODE_DIR / "progress-probe.mjs")
 LONG_JOB = {"prompt": "thunderstorm over a city", "duration": 30, "num_steps": 100}  # ~4.6 s at speed 0.02
@@ -105,3 +103,24 @@ def test_with_timeout_reset_on_progress_a_long_wait_completes_in_one_call(tmp_pa
     assert outcome(with_reset)["event"] == "result", with_reset
     assert outcome(with_reset)["structuredContent"]["status"] == "COMPLETED"
     assert outcome(without)["event"] == "error", without
+
+
+def test_the_typescript_example_agent_generates_and_prints_a_file(tmp_path: Path) -> None:
+    """examples/agent.mjs works as documented: against the sandbox it prints the path of a WAV."""
+    examples = NODE_DIR.parent.parent / "examples"
+    install_node_packages(examples)
+    env = server_env(tmp_path) | {"MMAUDIO_COMMAND": f"{sys.executable} -m mmaudio_mcp"}
+    done = subprocess.run(
+        ["node", str(examples / "agent.mjs"), "a bell rings"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    path = Path(done.stdout.strip().splitlines()[-1])
+    assert path.is_file()
+    assert path.read_bytes()[:4] == b"RIFF"
+    assert "elapsed" in done.stderr, "progress lines should be printed while waiting"
