@@ -10,12 +10,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import socket
 from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from time import time
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from urllib.parse import quote, urlsplit
 
+import anyio
 import httpx2
 from pydantic import SecretStr, ValidationError
 
@@ -167,8 +169,13 @@ class PixazoClient:
         return {KEY_HEADER: self._key.get_secret_value(), "Cache-Control": "no-cache"}
 
     async def _open_media(self, url: str) -> httpx2.Response:
+        # A remote gateway's media lives on the public internet: refuse URLs (or redirects) that lead to this
+        # machine or its private network. A gateway on loopback is the sandbox, whose CDN is loopback too.
+        allow_private = is_loopback(urlsplit(self._base_url).hostname or "")
         for _ in range(MAX_REDIRECTS + 1):
             _check_media_url(url)
+            if not allow_private:
+                await _check_public_host(url)
             try:
                 request = self._http.build_request("GET", url)
                 response = await self._http.send(request, stream=True)
@@ -281,16 +288,35 @@ def _check_media_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and parts.hostname and is_loopback(parts.hostname):
         return
     raise MediaError(f"Refusing to download audio from {parts.scheme or 'a'}:// URL: only https is allowed.")
 
 
-def _is_loopback(host: str) -> bool:
+async def _check_public_host(url: str) -> None:
+    """Refuse a host that is, or resolves to, a loopback, private, link-local or otherwise non-public address.
+
+    A name that does not resolve is left to fail at connect time. (The HTTP client resolves again when it connects,
+    so a DNS server that changes its answer in between is not stopped here.)"""
+    host = urlsplit(url).hostname or ""
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            found = await anyio.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+        except OSError:
+            return
+        addresses = [ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0]) for *_, sockaddr in found]
+    if any(not address.is_global for address in addresses):
+        raise MediaError("Refusing to download audio from a private or local network address given by Pixazo.")
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether a host name or address stays on this machine."""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
@@ -317,4 +343,4 @@ async def _capped(chunks: AsyncIterator[bytes], max_bytes: int) -> AsyncIterator
         raise MediaError(f"The audio download broke off ({type(exc).__name__}); try again.") from exc
 
 
-__all__ = ["KEY_HEADER", "STATUS_PATH", "SUBMIT_PATH", "PixazoClient", "new_http_client"]
+__all__ = ["KEY_HEADER", "STATUS_PATH", "SUBMIT_PATH", "PixazoClient", "is_loopback", "new_http_client"]

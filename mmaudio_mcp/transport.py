@@ -7,7 +7,6 @@ Nothing here writes to stdout: under stdio it carries the protocol, and uvicorn'
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import socket
 from contextlib import asynccontextmanager
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from mmaudio_mcp.errors import ConfigurationError
+from mmaudio_mcp.pixazo import is_loopback
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -77,16 +77,6 @@ class Exposure:
         hosts = [pattern for name in names for pattern in (name, f"{name}:*")]
         origins = [f"{scheme}://{host}" for scheme in ("http", "https") for host in hosts]
         return TransportSecuritySettings(allowed_hosts=hosts, allowed_origins=origins)
-
-
-def is_loopback(host: str) -> bool:
-    """Tell whether a bind address or host name stays on this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def http_app(server: MCPServer[Any], transport: Transport, exposure: Exposure | None = None) -> ASGIApp:

@@ -32,9 +32,11 @@ def no_retry_waits() -> Iterator[None]:
     stamina.set_testing(False)
 
 
-def client_for(handler: Callable[[httpx2.Request], httpx2.Response], key: str | None = KEY) -> PixazoClient:
+def client_for(
+    handler: Callable[[httpx2.Request], httpx2.Response], key: str | None = KEY, base: str = BASE
+) -> PixazoClient:
     http = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
-    return PixazoClient(http, SecretStr(key) if key else None, BASE)
+    return PixazoClient(http, SecretStr(key) if key else None, base)
 
 
 def answer(status: int, body: object = None, **headers: str) -> httpx2.Response:
@@ -221,8 +223,8 @@ async def test_media_urls_must_be_https_unless_loopback(url: str) -> None:
 
 
 async def test_loopback_http_media_is_allowed_for_the_sandbox() -> None:
-    """http://127.0.0.1 and http://localhost are the sandbox's CDN and may be fetched."""
-    async with client_for(lambda _: answer(200, "RIFF")).stream_media(
+    """With the gateway on loopback (the sandbox), its http://localhost CDN may be fetched."""
+    async with client_for(lambda _: answer(200, "RIFF"), base="http://127.0.0.1:8787").stream_media(
         "http://localhost:8787/cdn/x.wav", max_bytes=10
     ) as chunks:
         assert b"".join([chunk async for chunk in chunks]) == b"RIFF"
@@ -259,3 +261,32 @@ async def test_media_over_the_cap_is_refused_by_header_and_by_count() -> None:
 def test_the_client_repr_hides_the_key() -> None:
     """Debug output of the client never shows the key."""
     assert KEY not in repr(client_for(lambda _: answer(200)))
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://127.0.0.1/x.wav", "https://10.0.0.7/x.wav", "https://169.254.169.254/latest", "https://[::1]/x.wav"],
+)
+async def test_a_remote_gateways_media_may_not_point_into_a_private_network(url: str) -> None:
+    """With a remote gateway, media (or a redirect) aimed at loopback, private or link-local addresses is refused."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        raise AssertionError("nothing may be fetched")
+
+    with pytest.raises(errors.MediaError, match="private or local"):
+        async with client_for(handler).stream_media(url, max_bytes=100):
+            pass
+
+
+async def test_a_redirect_into_the_private_network_is_refused() -> None:
+    """A public CDN answer that redirects to an internal address is not followed."""
+    seen: list[str] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(str(request.url))
+        return answer(302, "", Location="https://192.168.1.1/admin")
+
+    with pytest.raises(errors.MediaError, match="private or local"):
+        async with client_for(handler).stream_media("https://93.184.215.14/x.wav", max_bytes=100):
+            pass
+    assert seen == ["https://93.184.215.14/x.wav"]
