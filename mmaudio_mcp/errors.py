@@ -56,6 +56,11 @@ class UnknownJobError(MmaudioError):
     kind = "unknown_job"
 
 
+def unknown_job(request_id: str) -> UnknownJobError:
+    """The one answer for a job that does not exist or belongs to another API key: the two are indistinguishable."""
+    return UnknownJobError(f"Unknown request_id {request_id[:80]!r}: there is no job with that id for this API key.")
+
+
 class JobNotReadyError(MmaudioError):
     """The job has not finished yet, so there is no audio to hand over."""
 
@@ -177,4 +182,5 @@ __all__ = [
     "UnknownJobError",
     "UpstreamError",
     "UpstreamUnavailableError",
+    "unknown_job",
 ]

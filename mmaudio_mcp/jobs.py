@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 import secrets
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Self
 from uuid import uuid4
 
 import anyio
+from pydantic import SecretStr
 
 from mmaudio_mcp.audio import (
     DEFAULT_MAX_BYTES,
@@ -25,6 +27,7 @@ from mmaudio_mcp.audio import (
     verify_file,
 )
 from mmaudio_mcp.errors import (
+    ConfigurationError,
     InvalidArgumentError,
     JobFailedError,
     JobNotReadyError,
@@ -33,6 +36,7 @@ from mmaudio_mcp.errors import (
     SubmissionUncertainError,
     UnknownJobError,
     UpstreamUnavailableError,
+    unknown_job,
 )
 from mmaudio_mcp.models import AudioFile, AudioJob, JobError, JobRecord, JobStatus, is_valid_request_id
 from mmaudio_mcp.pixazo import PixazoClient
@@ -45,7 +49,6 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     import httpx2
-    from pydantic import SecretStr
 
     from mmaudio_mcp.models import GenerationParams, StatusReply
     from mmaudio_mcp.store import JobStore
@@ -59,6 +62,18 @@ HISTORY_SIZE: Final = 50
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: by default the server's own Pixazo key; or a client that brings its own key, whose jobs are
+    stored under a salted hash of it and visible to nobody else."""
+
+    api_key: SecretStr | None = None
+    owner: str | None = None
+
+
+SERVER: Final = Caller()
 
 
 class JobService:
@@ -82,6 +97,7 @@ class JobService:
         self._webhook_base = webhook_base
         self._pollers = Pollers(self._step, self._expected, self._policy, webhooks=webhook_base is not None)
         self._webhook_jobs: dict[str, str] = {}
+        self._keys: dict[str, SecretStr] = {}  # owner hash -> key, in memory only, to poll for absent callers
         self._file_locks: dict[str, anyio.Lock] = {}
         self._rate = self._policy.prior_seconds_per_unit
         self._rate_learned = False
@@ -99,23 +115,41 @@ class JobService:
 
     # --- the three operations ---------------------------------------------------------------------------------------
 
+    async def caller(self, api_key: str | None) -> Caller:
+        """The caller for a request that may carry its own Pixazo key."""
+        if not api_key:
+            return SERVER
+        owner = await self._store.owner_of(api_key)
+        self._keys[owner] = SecretStr(api_key)
+        return Caller(SecretStr(api_key), owner)
+
     async def generate(
-        self, params: GenerationParams, *, wait_seconds: float, progress: ProgressCallback | None = None
+        self,
+        params: GenerationParams,
+        *,
+        wait_seconds: float,
+        progress: ProgressCallback | None = None,
+        caller: Caller = SERVER,
     ) -> AudioJob:
         """Submit one job, record it, then wait up to wait_seconds for the audio."""
-        self._client.require_key()
+        self._client.require_key(caller.api_key)
         await self._learn_rate_once()
-        record = await self._submit(params)
+        record = await self._submit(params, caller)
         if wait_seconds > 0:
             record = await self._pollers.wait(record, wait_seconds, progress)
         return self.view(record)
 
     async def check(
-        self, request_id: str, *, wait_seconds: float = 0, progress: ProgressCallback | None = None
+        self,
+        request_id: str,
+        *,
+        wait_seconds: float = 0,
+        progress: ProgressCallback | None = None,
+        caller: Caller = SERVER,
     ) -> AudioJob:
         """Report a job: from the store when it is finished, else from Pixazo, waiting if asked."""
         await self._learn_rate_once()
-        record = await self._find(request_id)
+        record = await self._find(request_id, caller)
         if not record.status.is_terminal:
             if wait_seconds > 0:
                 record = await self._pollers.wait(record, wait_seconds, progress)
@@ -125,10 +159,10 @@ class JobService:
             record = await self._ensure_file(record)
         return self.view(record)
 
-    async def download(self, request_id: str, *, filename: str | None = None) -> AudioJob:
+    async def download(self, request_id: str, *, filename: str | None = None, caller: Caller = SERVER) -> AudioJob:
         """Make sure the job's audio is on disk (reusing a verified copy) and describe it."""
         name = checked_filename(filename) if filename is not None else None
-        record = await self._find(request_id)
+        record = await self._find(request_id, caller)
         if not record.status.is_terminal:
             record = await self._step(record)
         if record.status is not JobStatus.COMPLETED:
@@ -140,9 +174,9 @@ class JobService:
             file = await copy_wav(Path(file.path), file.sha256, self._output_dir / name)
         return self.view(record).model_copy(update={"file": file})
 
-    async def read_audio(self, request_id: str) -> bytes:
+    async def read_audio(self, request_id: str, *, caller: Caller = SERVER) -> bytes:
         """Return the WAV bytes of a finished job, downloading them first if needed."""
-        job = await self.download(request_id)
+        job = await self.download(request_id, caller=caller)
         assert job.file is not None
         return await anyio.Path(job.file.path).read_bytes()
 
@@ -160,13 +194,13 @@ class JobService:
             self._pollers.wake(record)
         return True
 
-    async def unfinished(self) -> list[JobRecord]:
-        """Return jobs that have not finished (to resume after a restart), including unanswered submits."""
-        return await self._store.unfinished()
+    async def unfinished(self, caller: Caller = SERVER) -> list[JobRecord]:
+        """Return the caller's jobs that have not finished (to resume after a restart), unanswered submits included."""
+        return [job for job in await self._store.unfinished() if job.owner == caller.owner]
 
-    async def recent(self, limit: int = 20) -> list[JobRecord]:
-        """Return the newest jobs, including ones whose submit never got an answer."""
-        return await self._store.recent(limit)
+    async def recent(self, limit: int = 20, caller: Caller = SERVER) -> list[JobRecord]:
+        """Return the caller's newest jobs, including ones whose submit never got an answer."""
+        return [job for job in await self._store.recent(limit) if job.owner == caller.owner]
 
     def view(self, record: JobRecord) -> AudioJob:
         """Describe a stored job the way tools report it."""
@@ -191,14 +225,21 @@ class JobService:
 
     # --- submit -----------------------------------------------------------------------------------------------------
 
-    async def _submit(self, params: GenerationParams) -> JobRecord:
+    async def _submit(self, params: GenerationParams, caller: Caller) -> JobRecord:
         now = _now()
         token = secrets.token_urlsafe(24) if self._webhook_base else None
-        record = JobRecord(local_id=uuid4().hex, params=params, created_at=now, updated_at=now, webhook_token=token)
+        record = JobRecord(
+            local_id=uuid4().hex,
+            params=params,
+            created_at=now,
+            updated_at=now,
+            webhook_token=token,
+            owner=caller.owner,
+        )
         await self._store.save(record)
         webhook_url = f"{self._webhook_base}/webhooks/{token}" if token else None
         try:
-            reply = await self._client.submit(params, webhook_url=webhook_url)
+            reply = await self._client.submit(params, webhook_url=webhook_url, api_key=caller.api_key)
         except (SubmissionUncertainError, UpstreamUnavailableError) as exc:
             await self._store.save(_with_error(record, exc))
             raise
@@ -220,7 +261,7 @@ class JobService:
 
     async def _step(self, record: JobRecord) -> JobRecord:
         """Poll once; once the job is complete, fetch its audio (even if the caller goes away meanwhile)."""
-        record = await self._apply(record, await self._client.status(record.request_id or ""))
+        record = await self._apply(record, await self._status(record))
         if record.status is JobStatus.COMPLETED:
             with anyio.CancelScope(shield=True):  # a paid result is saved even if the last waiter leaves
                 record = await self._ensure_file(record)
@@ -273,7 +314,7 @@ class JobService:
         try:
             return await self._download(record)
         except MediaError:
-            refreshed = await self._apply(record, await self._client.status(record.request_id or ""))
+            refreshed = await self._apply(record, await self._status(record))
             return await self._download(refreshed)
 
     async def _download(self, record: JobRecord) -> AudioFile:
@@ -290,8 +331,18 @@ class JobService:
 
     # --- lookups and estimates --------------------------------------------------------------------------------------
 
-    async def _find(self, request_id: str) -> JobRecord:
-        """Return the stored job, or adopt one made elsewhere if Pixazo knows it."""
+    async def _status(self, record: JobRecord) -> StatusReply:
+        """Ask Pixazo about a job with the key it was made with."""
+        api_key = self._keys.get(record.owner) if record.owner else None
+        if record.owner and api_key is None:
+            raise ConfigurationError(
+                f"Job {record.request_id} was made with a client's own Pixazo key, which this server does not keep; "
+                "it resumes when that client calls check_status again."
+            )
+        return await self._client.status(record.request_id or "", api_key=api_key)
+
+    async def _find(self, request_id: str, caller: Caller) -> JobRecord:
+        """Return the caller's stored job, or adopt one made elsewhere if Pixazo knows it under the caller's key."""
         if not is_valid_request_id(request_id):
             raise InvalidArgumentError(
                 f"{request_id[:80]!r} is not a Pixazo request_id (expected something like "
@@ -299,12 +350,19 @@ class JobService:
             )
         record = await self._store.get(request_id)
         if record is not None:
+            if record.owner != caller.owner:
+                raise unknown_job(request_id)  # another key's job: exactly as if it did not exist
             return record
         now = _now()
         adopted = JobRecord(
-            local_id=uuid4().hex, request_id=request_id, status=JobStatus.QUEUED, created_at=now, updated_at=now
+            local_id=uuid4().hex,
+            request_id=request_id,
+            status=JobStatus.QUEUED,
+            created_at=now,
+            updated_at=now,
+            owner=caller.owner,
         )
-        reply = await self._client.status(request_id)
+        reply = await self._client.status(request_id, api_key=caller.api_key)
         adopted = adopted.model_copy(update={"submitted_at": reply.created_at or now})
         return await self._apply(adopted, reply)
 
@@ -383,4 +441,4 @@ async def open_job_service(
             await client.aclose()
 
 
-__all__ = ["JobService", "open_job_service"]
+__all__ = ["SERVER", "Caller", "JobService", "open_job_service"]

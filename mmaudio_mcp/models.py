@@ -108,6 +108,9 @@ class JobRecord(BaseModel):
     media_url: str | None = None
     run_seconds: float | None = Field(default=None, description="How long Pixazo took, for learning the ETA.")
     webhook_token: str | None = Field(default=None, description="Secret path part of this job's webhook URL.")
+    owner: str | None = Field(
+        default=None, description="Salted hash of the caller's own Pixazo key; None for the server's key."
+    )
     error: JobError | None = None
     file: AudioFile | None = None
 

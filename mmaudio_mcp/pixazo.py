@@ -32,9 +32,9 @@ from mmaudio_mcp.errors import (
     NetworkError,
     RateLimitedError,
     SubmissionUncertainError,
-    UnknownJobError,
     UpstreamError,
     UpstreamUnavailableError,
+    unknown_job,
 )
 from mmaudio_mcp.models import GenerationParams, StatusReply, SubmitReply
 
@@ -100,14 +100,18 @@ class PixazoClient:
     def __repr__(self) -> str:
         return f"PixazoClient(base_url={self._base_url!r}, api_key={'***' if self._key else None})"
 
-    def require_key(self) -> None:
-        """Fail early, with instructions, when no API key is configured."""
-        if self._key is None:
+    def require_key(self, api_key: SecretStr | None = None) -> None:
+        """Fail early, with instructions, when neither the caller nor the server has an API key."""
+        if api_key is None and self._key is None:
             raise ConfigurationError(_MISSING_KEY)
 
-    async def submit(self, params: GenerationParams, *, webhook_url: str | None = None) -> SubmitReply:
-        """Ask Pixazo for one job; never resend once the request may have reached the service."""
-        headers = self._headers()
+    async def submit(
+        self, params: GenerationParams, *, webhook_url: str | None = None, api_key: SecretStr | None = None
+    ) -> SubmitReply:
+        """Ask Pixazo for one job; never resend once the request may have reached the service.
+
+        `api_key` replaces the server's key for this call (a client that brings its own)."""
+        headers = self._headers(api_key)
         if webhook_url:
             headers |= {"X-Webhook-URL": webhook_url, "X-Webhook-Mode": "terminal"}
         import stamina  # only needed once a request is made: keeps server start-up light
@@ -117,13 +121,13 @@ class PixazoClient:
                 return await self._submit_once(params, headers)
         raise AssertionError("unreachable: stamina re-raises the last failure")  # pragma: no cover
 
-    async def status(self, request_id: str) -> StatusReply:
+    async def status(self, request_id: str, *, api_key: SecretStr | None = None) -> StatusReply:
         """Read a job's status, retrying transient failures with backoff and jitter."""
         import stamina
 
         async for attempt in stamina.retry_context(on=_status_backoff, attempts=4, timeout=30.0, wait_max=5.0):
             with attempt:
-                return await self._status_once(request_id)
+                return await self._status_once(request_id, api_key)
         raise AssertionError("unreachable: stamina re-raises the last failure")  # pragma: no cover
 
     @asynccontextmanager
@@ -151,22 +155,23 @@ class PixazoClient:
             raise _error_from_response(response, during="submit")
         return _parse(SubmitReply, response)
 
-    async def _status_once(self, request_id: str) -> StatusReply:
+    async def _status_once(self, request_id: str, api_key: SecretStr | None) -> StatusReply:
         url = self._base_url + STATUS_PATH.format(request_id=quote(request_id, safe=""))
         try:
-            response = await self._http.get(url, headers=self._headers())
+            response = await self._http.get(url, headers=self._headers(api_key))
         except httpx2.HTTPError as exc:
             raise NetworkError(_unreachable(exc), before_sending=isinstance(exc, _NOT_SENT)) from exc
         if response.status_code == 404:
-            raise UnknownJobError(f"Pixazo does not know request_id {request_id!r} (404).")
+            raise unknown_job(request_id)
         if response.status_code != 200:
             raise _error_from_response(response, during="status")
         return _parse(StatusReply, response)
 
-    def _headers(self) -> dict[str, str]:
-        self.require_key()
-        assert self._key is not None
-        return {KEY_HEADER: self._key.get_secret_value(), "Cache-Control": "no-cache"}
+    def _headers(self, api_key: SecretStr | None = None) -> dict[str, str]:
+        self.require_key(api_key)
+        key = api_key or self._key
+        assert key is not None
+        return {KEY_HEADER: key.get_secret_value(), "Cache-Control": "no-cache"}
 
     async def _open_media(self, url: str) -> httpx2.Response:
         # A remote gateway's media lives on the public internet: refuse URLs (or redirects) that lead to this

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from mmaudio_mcp import __version__, prompts
 from mmaudio_mcp.errors import InvalidArgumentError, MmaudioError, UnknownJobError
-from mmaudio_mcp.jobs import JobService, open_job_service
+from mmaudio_mcp.jobs import Caller, JobService, open_job_service
 from mmaudio_mcp.models import REQUEST_ID_PATTERN, AudioJob, GenerationParams
 from mmaudio_mcp.results import compact_schema, job_listing, tool_result, with_inline_audio
 
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from mmaudio_mcp.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+CLIENT_KEY_HEADER: Final = "x-pixazo-api-key"
+"""HTTP header through which a client brings its own Pixazo key (used instead of the server's, for its jobs only)."""
 _T = TypeVar("_T")
 INSTRUCTIONS: Final = (
     "Generate sound effects, ambience and short music clips from text with MMAudio v2. "
@@ -174,8 +177,9 @@ def _tools(default_wait: float) -> list[Tool]:
             cfg_strength=cfg_strength,
             mask_away_clip=mask_away_clip,
         )
-        jobs = _jobs(ctx)
-        return tool_result(await _call(jobs.generate(params, wait_seconds=wait_seconds, progress=_progress(ctx))))
+        jobs, caller = await _jobs_for(ctx)
+        work = jobs.generate(params, wait_seconds=wait_seconds, progress=_progress(ctx), caller=caller)
+        return tool_result(await _call(work))
 
     async def check_status(
         ctx: Context[AppState],
@@ -183,8 +187,9 @@ def _tools(default_wait: float) -> list[Tool]:
         wait_seconds: Annotated[float, Field(ge=0, le=300, description="Seconds to wait for completion.")] = 0,
     ) -> Annotated[CallToolResult, AudioJob]:
         """Report a generate_audio job; when it is complete, its WAV is saved (finished jobs are answered locally)."""
-        jobs = _jobs(ctx)
-        return tool_result(await _call(jobs.check(request_id, wait_seconds=wait_seconds, progress=_progress(ctx))))
+        jobs, caller = await _jobs_for(ctx)
+        work = jobs.check(request_id, wait_seconds=wait_seconds, progress=_progress(ctx), caller=caller)
+        return tool_result(await _call(work))
 
     async def download_audio(
         ctx: Context[AppState],
@@ -193,7 +198,8 @@ def _tools(default_wait: float) -> list[Tool]:
         include_audio: Annotated[bool, Field(description="Also return the audio inline, if under ~600 KB.")] = False,
     ) -> Annotated[CallToolResult, AudioJob]:
         """Make sure a finished job's WAV is on disk (a verified copy is reused, never re-fetched) and describe it."""
-        job = await _call(_jobs(ctx).download(request_id, filename=filename))
+        jobs, caller = await _jobs_for(ctx)
+        job = await _call(jobs.download(request_id, filename=filename, caller=caller))
         return await with_inline_audio(tool_result(job), job) if include_audio else tool_result(job)
 
     return [
@@ -222,7 +228,8 @@ def _add_resources(server: MCPServer[AppState], live: _Live) -> None:
     )
     async def audio(request_id: str, ctx: Context[AppState]) -> bytes:
         try:
-            return await _jobs(ctx).read_audio(request_id)
+            jobs, caller = await _jobs_for(ctx)
+            return await jobs.read_audio(request_id, caller=caller)
         except (UnknownJobError, InvalidArgumentError) as exc:
             raise ResourceNotFoundError(exc.message) from exc
         except MmaudioError as exc:
@@ -233,7 +240,7 @@ def _add_resources(server: MCPServer[AppState], live: _Live) -> None:
         name="jobs",
         title="Recent audio jobs",
         mime_type="application/json",
-        description="The 20 newest jobs, including any whose submit never got an answer.",
+        description="The 20 newest jobs made with the server's key, including any whose submit got no answer.",
     )
     async def recent_jobs() -> str:
         records = await live.jobs.recent(20)
@@ -272,8 +279,12 @@ def _add_routes(server: MCPServer[AppState], live: _Live) -> None:
         return Response(status_code=202 if known else 404)
 
 
-def _jobs(ctx: Context[AppState]) -> JobService:
-    return ctx.request_context.lifespan_context.jobs
+async def _jobs_for(ctx: Context[AppState]) -> tuple[JobService, Caller]:
+    """The job service, and who is calling: a client may bring its own Pixazo key in the CLIENT_KEY_HEADER
+    header (HTTP transports only); its jobs are then visible to that key alone."""
+    jobs = ctx.request_context.lifespan_context.jobs
+    headers = ctx.headers or {}
+    return jobs, await jobs.caller(headers.get(CLIENT_KEY_HEADER))
 
 
 def _progress(ctx: Context[AppState]) -> Callable[[float, float | None, str], Awaitable[None]]:

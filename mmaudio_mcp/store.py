@@ -7,6 +7,9 @@ event loop never blocks on disk.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import sqlite3
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
@@ -20,7 +23,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 _T = TypeVar("_T")
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS jobs (
     local_id     TEXT PRIMARY KEY,
@@ -32,6 +35,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 _UPSERT: Final = """
 INSERT INTO jobs (local_id, request_id, status, created_at, updated_at, record) VALUES (?, ?, ?, ?, ?, ?)
@@ -59,6 +66,10 @@ class JobStore(Protocol):
 
     async def unfinished(self) -> list[JobRecord]:
         """Return every job that has not reached a terminal status (including SUBMITTING ones)."""
+        ...
+
+    async def owner_of(self, api_key: str) -> str:
+        """Return the salted hash that stands for this API key in stored jobs (the key itself is never kept)."""
         ...
 
     async def aclose(self) -> None:
@@ -111,6 +122,10 @@ class SqliteJobStore:
         sql = f"SELECT record FROM jobs WHERE status NOT IN ({marks}) ORDER BY created_at"  # noqa: S608 (placeholders)
         return await self._query(sql, _TERMINAL)
 
+    async def owner_of(self, api_key: str) -> str:
+        salt = await self._run(_salt)
+        return hmac.new(salt, api_key.encode(), hashlib.sha256).hexdigest()[:32]
+
     async def aclose(self) -> None:
         async with self._lock:
             self._closed = True
@@ -131,6 +146,12 @@ class SqliteJobStore:
             conn = self._conn
             # Autocommit: every statement is its own durable transaction, committed before we return.
             return await anyio.to_thread.run_sync(work, conn)
+
+
+def _salt(conn: sqlite3.Connection) -> bytes:
+    """This installation's random salt for owner hashes, made on first use."""
+    conn.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('owner_salt', ?)", (secrets.token_hex(16),))
+    return bytes.fromhex(conn.execute("SELECT value FROM meta WHERE name = 'owner_salt'").fetchone()[0])
 
 
 def _connect(path: Path) -> sqlite3.Connection:

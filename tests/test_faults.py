@@ -183,7 +183,7 @@ async def test_an_unknown_request_id_is_reported_as_unknown(client: Client, tool
     """A well-formed id that neither the store nor Pixazo knows is an error saying so."""
     result = await client.call_tool(tool, {"request_id": UNKNOWN_ID})
     assert result.is_error
-    assert "does not know" in text_of(result)
+    assert "Unknown request_id" in text_of(result)
 
 
 BAD_FILENAMES = ["../escape.wav", "/tmp/abs.wav", "sub/dir.wav", "..\\win.wav", "CON", "nul.wav", ".hidden.wav"]

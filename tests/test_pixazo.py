@@ -173,7 +173,7 @@ async def test_status_retries_5xx_html_pages_then_reads_the_answer() -> None:
 
 async def test_status_404_is_an_unknown_job() -> None:
     """Pixazo not knowing the id is reported as such, not as a server failure."""
-    with pytest.raises(errors.UnknownJobError, match="does not know"):
+    with pytest.raises(errors.UnknownJobError, match="Unknown request_id"):
         await client_for(lambda _: answer(404, {"error": "Not Found", "message": "nope"})).status(RID)
 
 

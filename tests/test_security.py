@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 
 import httpx2
 import pytest
-from mcp import Client
+from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from mmaudio_mcp.errors import ConfigurationError
+from mmaudio_mcp.errors import ConfigurationError, unknown_job
+from mmaudio_mcp.sandbox import SANDBOX_API_KEY
 from mmaudio_mcp.server import build_server
 from mmaudio_mcp.transport import Exposure, Transport, http_app, serve_on_loopback
 from tests.conftest import POLICY
@@ -113,3 +114,44 @@ def test_the_cli_refuses_a_network_bind_without_a_token(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "MMAUDIO_HTTP_TOKEN" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def connect_with(url: str, **headers: str) -> Client:
+    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300))
+    return Client(streamable_http_client(f"{url}/mcp", http_client=http))
+
+
+@pytest.fixture
+async def shared(settings: Settings, transport: httpx2.ASGITransport) -> AsyncIterator[str]:
+    """A streamable-HTTP server with no key of its own: clients bring theirs."""
+    served = settings.model_copy(update={"transport": "streamable-http", "api_key": None})
+    server = build_server(served, http_transport=transport, policy=POLICY)
+    async with serve_on_loopback(http_app(server, Transport.STREAMABLE_HTTP)) as url:
+        yield url
+
+
+async def test_jobs_made_with_a_clients_own_key_are_invisible_to_other_keys(shared: str, settings: Settings) -> None:
+    """A job is visible only with the key that made it; others get the same 'unknown request_id' as for a job that
+    does not exist, never its status or file; the key is stored only as a salted hash."""
+    async with connect_with(shared, **{"X-Pixazo-Api-Key": SANDBOX_API_KEY}) as owner:
+        made = await owner.call_tool("generate_audio", {"prompt": "rain", "duration": 2})
+    assert made.structured_content is not None, made.content
+    request_id = made.structured_content["request_id"]
+    # The same words Pixazo's own 404 produces (errors.unknown_job), so a stranger cannot tell the two apart.
+    expected = unknown_job(request_id).message
+    for headers in ({"X-Pixazo-Api-Key": "somebody-elses-key"}, {}):
+        async with connect_with(shared, **headers) as stranger:
+            for tool in ("check_status", "download_audio"):
+                theirs = await stranger.call_tool(tool, {"request_id": request_id})
+                assert theirs.is_error
+                assert getattr(theirs.content[0], "text", "").endswith(expected)
+            with pytest.raises(MCPError, match="Unknown request_id"):
+                await stranger.read_resource(f"audio://{request_id}")
+            listing = await stranger.read_resource("mmaudio://jobs")
+            assert request_id not in str(listing.contents)
+    async with connect_with(shared, **{"X-Pixazo-Api-Key": SANDBOX_API_KEY}) as owner:
+        again = await owner.call_tool("check_status", {"request_id": request_id})
+    assert again.structured_content is not None
+    assert again.structured_content["file"] == made.structured_content["file"]
+    database = b"".join(path.read_bytes() for path in settings.state_dir.glob("jobs.sqlite3*"))
+    assert SANDBOX_API_KEY.encode() not in database

@@ -196,7 +196,7 @@ async def test_audio_resource_returns_the_wav_bytes(client: Client) -> None:
 
 async def test_audio_resource_for_an_unknown_job_is_a_not_found_error(client: Client) -> None:
     """Reading a job that does not exist is a protocol error naming the problem, not a crash."""
-    with pytest.raises(MCPError, match="not know"):
+    with pytest.raises(MCPError, match="Unknown request_id"):
         await client.read_resource("audio://mmaudio-v2-text-to-audio_00000000-0000-0000-0000-000000000000")
 
 

@@ -70,7 +70,7 @@ async def test_the_database_uses_wal_and_records_its_schema_version(tmp_path: Pa
     await store.aclose()
     conn = sqlite3.connect(tmp_path / "jobs.sqlite3")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.close()
 
 
@@ -89,3 +89,20 @@ async def test_a_closed_store_refuses_work(tmp_path: Path) -> None:
     await store.aclose()
     with pytest.raises(RuntimeError, match="closed"):
         await store.get("x")
+
+
+async def test_owner_hashes_are_salted_stable_and_never_the_key(tmp_path: Path) -> None:
+    """A key maps to the same hash across restarts of one installation, differs between installations, and is
+    never stored itself."""
+    first = await SqliteJobStore.open(tmp_path / "a")
+    owner = await first.owner_of("secret-key-1")
+    assert owner == await first.owner_of("secret-key-1")
+    assert owner != await first.owner_of("secret-key-2")
+    await first.aclose()
+    reopened = await SqliteJobStore.open(tmp_path / "a")
+    assert await reopened.owner_of("secret-key-1") == owner
+    await reopened.aclose()
+    elsewhere = await SqliteJobStore.open(tmp_path / "b")
+    assert await elsewhere.owner_of("secret-key-1") != owner
+    await elsewhere.aclose()
+    assert b"secret-key-1" not in (tmp_path / "a" / "jobs.sqlite3").read_bytes()
