@@ -21,7 +21,7 @@ from mmaudio_mcp.errors import InvalidArgumentError, InvalidAudioError, MediaToo
 from mmaudio_mcp.models import AudioFile
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, AsyncIterator, Callable
+    from collections.abc import AsyncIterable, Callable
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 """Cap for one download (30 s of float32 stereo at 48 kHz is ~11.5 MB)."""
@@ -55,7 +55,7 @@ _RESERVED_NAMES = frozenset(
 )
 _NAME_HINT = (
     "a bare file name such as 'rain-on-roof.wav': no folders, no leading dot, "
-    'no <>:"|?* or control characters, at most 120 characters, suffix .wav or none'
+    'no <>:"|?* or control characters, at most 120 characters, a suffix matching the format or none'
 )
 _NAME_RULES: tuple[tuple[Callable[[str], bool], str], ...] = (
     (lambda name: not name, "is empty"),
@@ -243,18 +243,18 @@ def _short_id(request_id: str) -> str:
     return hashlib.sha256(request_id.encode()).hexdigest()[:_SHORT_ID_LENGTH]
 
 
-def checked_filename(name: str) -> str:
-    """Validate a user-supplied bare file name and return it, adding '.wav' when it has no suffix."""
+def checked_filename(name: str, suffix: str = "wav") -> str:
+    """Validate a user-supplied bare file name and return it, adding `.<suffix>` when it has none."""
     for broken, problem in _NAME_RULES:
         if broken(name):
             raise InvalidArgumentError(f"the filename {_shown(name)} {problem}; use {_NAME_HINT}")
-    _stem, dot, suffix = name.rpartition(".")
+    _stem, dot, given = name.rpartition(".")
     if not dot:
-        name = f"{name}.wav"
-    elif suffix.lower() != "wav":
+        name = f"{name}.{suffix}"
+    elif given.lower() != suffix:
         raise InvalidArgumentError(
-            f"the filename {_shown(name)} ends in '.{suffix}'; only .wav files are written (leave the suffix off "
-            "to get .wav)"
+            f"the filename {_shown(name)} ends in '.{given}', but the file is {suffix.upper()} "
+            f"(leave the suffix off to get .{suffix}, or ask for format='{given.lower()}')"
         )
     if len(name) > _MAX_NAME:
         raise InvalidArgumentError(f"the filename {_shown(name)} is {len(name)} characters long; use {_NAME_HINT}")
@@ -350,18 +350,15 @@ def _remove_stale_parts(folder: Path, older_than: float) -> int:
     return removed
 
 
-async def copy_wav(source: Path, sha256: str, dest: Path) -> AudioFile:
-    """Copy a WAV to dest through the same checked, atomic path as a download; never replace other audio."""
-    target = anyio.Path(dest)
-    if await target.is_symlink() or (await target.exists() and not await verify_file(dest, sha256)):
-        raise InvalidArgumentError(f"{_shown(dest.name)} already exists in the output folder; choose another filename.")
-    return await save_wav(_read_blocks(source), dest)
+async def file_digest(path: Path) -> tuple[str, int]:
+    """Return the file's sha256 (hex) and size, hashing in a worker thread."""
+    digest, _head, size = await anyio.to_thread.run_sync(_digest_and_head, path)
+    return digest, size
 
 
-async def _read_blocks(path: Path) -> AsyncIterator[bytes]:
-    async with await anyio.open_file(path, "rb") as file:
-        while block := await file.read(_BLOCK_BYTES):
-            yield block
+def sha256_of(path: Path) -> str:
+    """Hash a file in 1 MiB blocks (blocking: for worker threads)."""
+    return _digest_and_head(path)[0]
 
 
 async def verify_file(path: Path, sha256: str) -> bool:
@@ -422,12 +419,13 @@ __all__ = [
     "WavInfo",
     "audio_filename",
     "checked_filename",
-    "copy_wav",
     "describe_file",
+    "file_digest",
     "file_uri",
     "parse_wav",
     "read_wav_info",
     "remove_stale_parts",
     "save_wav",
+    "sha256_of",
     "verify_file",
 ]

@@ -21,7 +21,7 @@ from mmaudio_mcp.audio import (
     DEFAULT_MAX_BYTES,
     audio_filename,
     checked_filename,
-    copy_wav,
+    file_digest,
     remove_stale_parts,
     save_wav,
     verify_file,
@@ -40,7 +40,9 @@ from mmaudio_mcp.errors import (
 )
 from mmaudio_mcp.models import AudioFile, AudioJob, JobError, JobRecord, JobStatus, is_valid_request_id
 from mmaudio_mcp.pixazo import PixazoClient
+from mmaudio_mcp.placement import Destination, place_copy, resolve_destination
 from mmaudio_mcp.polling import Pollers, elapsed_seconds
+from mmaudio_mcp.processing import process_file
 from mmaudio_mcp.schedule import PollPolicy, eta_seconds, expected_seconds, seconds_per_unit
 from mmaudio_mcp.store import SqliteJobStore
 
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     import httpx2
 
     from mmaudio_mcp.models import GenerationParams, StatusReply
+    from mmaudio_mcp.processing import ProcessedAudio, ProcessOptions
     from mmaudio_mcp.store import JobStore
 
     ProgressCallback = Callable[[float, float | None, str], Awaitable[None]]
@@ -159,19 +162,36 @@ class JobService:
             record = await self._ensure_file(record)
         return self.view(record)
 
-    async def download(self, request_id: str, *, filename: str | None = None, caller: Caller = SERVER) -> AudioJob:
-        """Make sure the job's audio is on disk (reusing a verified copy) and describe it."""
-        name = checked_filename(filename) if filename is not None else None
+    @property
+    def output_dir(self) -> Path:
+        return self._output_dir
+
+    async def download(
+        self,
+        request_id: str,
+        *,
+        filename: str | None = None,
+        caller: Caller = SERVER,
+        options: ProcessOptions | None = None,
+        destination: Destination | None = None,
+        overwrite: bool = False,
+    ) -> AudioJob:
+        """Make sure the job's audio is on disk (reusing a verified copy), processed as asked (each variant made
+        once, from the delivered WAV, which is never replaced) and copied where asked; describe the result."""
+        if filename is not None:
+            checked_filename(filename, options.format if options else "wav")  # refuse bad names before any work
         record = await self._find(request_id, caller)
         if not record.status.is_terminal:
             record = await self._step(record)
         if record.status is not JobStatus.COMPLETED:
             raise _not_downloadable(self.view(record))
         record = await self._ensure_file(record, verify=True)
+        assert record.file is not None
         file = record.file
-        assert file is not None
-        if name is not None:
-            file = await copy_wav(Path(file.path), file.sha256, self._output_dir / name)
+        if options is not None and not options.is_identity:
+            record, file = await self._variant(record, options)
+        if filename is not None or destination is not None:
+            file = await self._place(file, destination, filename, overwrite=overwrite)
         return self.view(record).model_copy(update={"file": file})
 
     async def read_audio(self, request_id: str, *, caller: Caller = SERVER) -> bytes:
@@ -329,6 +349,35 @@ class JobService:
         async with self._client.stream_media(record.media_url, max_bytes=self._max_media_bytes) as chunks:
             return await save_wav(chunks, dest, max_bytes=self._max_media_bytes)
 
+    async def _variant(self, record: JobRecord, options: ProcessOptions) -> tuple[JobRecord, AudioFile]:
+        """Return the processed variant, made once per job and options and reused while its checksum holds."""
+        assert record.request_id is not None
+        key = options.variant_key()
+        async with self._file_locks.setdefault(record.request_id, anyio.Lock()):
+            record = await self._store.get(record.request_id) or record
+            cached = record.variants.get(key)
+            if cached is not None and await verify_file(Path(cached.path), cached.sha256):
+                return record, cached
+            assert record.file is not None
+            source = Path(record.file.path)
+            dest = source.with_name(f"{source.stem}-{key}.{options.format}")
+            processed = await anyio.to_thread.run_sync(process_file, source, dest, options)
+            file = await _described(processed)
+            record = record.model_copy(update={"variants": {**record.variants, key: file}, "updated_at": _now()})
+            await self._store.save(record)
+            return record, file
+
+    async def _place(
+        self, file: AudioFile, destination: Destination | None, filename: str | None, *, overwrite: bool
+    ) -> AudioFile:
+        """Copy the file into the destination folder (the output folder by default) under its name or `filename`."""
+        destination = destination or resolve_destination(None, (), self._output_dir)
+        name = checked_filename(filename, file.format) if filename else Path(file.path).name
+        target = await place_copy(Path(file.path), file.sha256, destination, name, overwrite=overwrite)
+        return file.model_copy(
+            update={"path": str(target), "uri": target.as_uri(), "relative_path": destination.relative(target)}
+        )
+
     # --- lookups and estimates --------------------------------------------------------------------------------------
 
     async def _status(self, record: JobRecord) -> StatusReply:
@@ -376,6 +425,27 @@ class JobService:
     async def _learn_rate_once(self) -> None:
         if not self._rate_learned:
             await self._learn_rate()
+
+
+_SAMPLE_FORMATS: Final = {"wav": "float32", "flac": "pcm24", "ogg": "vorbis", "mp3": "mp3"}
+
+
+async def _described(processed: ProcessedAudio) -> AudioFile:
+    """Describe a processed file the way downloads are described (with its checksum, for the cache)."""
+    sha256, size = await file_digest(processed.path)
+    return AudioFile(
+        path=str(processed.path),
+        uri=processed.path.as_uri(),
+        bytes=size,
+        sha256=sha256,
+        sample_rate=processed.sample_rate,
+        channels=processed.channels,
+        sample_format=_SAMPLE_FORMATS[processed.format],
+        duration_seconds=round(processed.duration_seconds, 3),
+        format=processed.format,
+        loudness_lufs=round(processed.loudness_lufs, 1) if processed.loudness_lufs is not None else None,
+        loop_seconds=round(processed.loop_seconds, 3) if processed.loop_seconds is not None else None,
+    )
 
 
 def _run_seconds(record: JobRecord, reply: StatusReply) -> float | None:

@@ -74,7 +74,7 @@ class GenerationParams(BaseModel):
 
 
 class AudioFile(BaseModel):
-    """A validated WAV on disk."""
+    """A checked audio file on disk: the delivered WAV, or a processed variant of it."""
 
     path: str = Field(description="Absolute path of the file on this machine.")
     uri: str = Field(description="file:// URI of the same file.")
@@ -82,8 +82,12 @@ class AudioFile(BaseModel):
     sha256: str
     sample_rate: int
     channels: int
-    sample_format: str = Field(description="pcm16, pcm24, pcm32, float32 or float64.")
+    sample_format: str = Field(description="pcm16, pcm24, pcm32, float32, float64, vorbis or mp3.")
     duration_seconds: float
+    format: str = Field(default="wav", description="wav, flac, ogg or mp3.")
+    relative_path: str | None = Field(default=None, description="Path inside the workspace root it was saved to.")
+    loudness_lufs: float | None = Field(default=None, description="Integrated loudness, when normalized.")
+    loop_seconds: float | None = Field(default=None, description="Loop length, when made to loop.")
 
 
 class JobError(BaseModel):
@@ -110,6 +114,9 @@ class JobRecord(BaseModel):
     webhook_token: str | None = Field(default=None, description="Secret path part of this job's webhook URL.")
     owner: str | None = Field(
         default=None, description="Salted hash of the caller's own Pixazo key; None for the server's key."
+    )
+    variants: dict[str, AudioFile] = Field(
+        default_factory=dict[str, AudioFile], description="Processed variants, by ProcessOptions.variant_key()."
     )
     error: JobError | None = None
     file: AudioFile | None = None

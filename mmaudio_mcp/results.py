@@ -19,10 +19,11 @@ INLINE_AUDIO_LIMIT: Final = 600 * 1024
 
 
 def compact_schema(schema: dict[str, Any], *, for_output: bool = False) -> dict[str, Any]:
-    """Trim a JSON schema to what a model needs: no per-field titles (the key says it); for outputs, no
-    descriptions or validation keywords either, and `X | None` as a type list. The root title stays."""
+    """Trim a JSON schema to what a model needs (it pays for every token): no titles (the key says it), `X | None`
+    as a type list without its null default; for outputs also no descriptions or validation keywords, but the
+    root title (the result's model name) stays."""
     trimmed = _trim(schema, for_output)
-    if "title" in schema:
+    if for_output and "title" in schema:
         trimmed["title"] = schema["title"]
     return trimmed
 
@@ -44,19 +45,24 @@ def _trim(node: Any, for_output: bool) -> Any:
             trimmed[key] = {name: _trim(sub, for_output) for name, sub in cast("dict[str, Any]", value).items()}
         elif key not in dropped:
             trimmed[key] = _trim(value, for_output)
-    return _nullable_as_type_list(trimmed) if for_output else trimmed
+    return _nullable_as_type_list(trimmed)
 
 
 def _nullable_as_type_list(node: dict[str, Any]) -> dict[str, Any]:
-    """Write `anyOf: [{type: T}, {type: null}]` as `type: [T, null]` when T is a plain type."""
+    """Write `anyOf: [{type: T, ...}, {type: null}]` as `type: [T, null], ...` when T is a plain type."""
     options = node.get("anyOf")
     if not isinstance(options, list) or len(options) != 2 or {"type": "null"} not in options:  # pyright: ignore[reportUnknownArgumentType]
         return node
     other = next(option for option in cast("list[dict[str, Any]]", options) if option != {"type": "null"})
-    if set(other) != {"type"} or not isinstance(other["type"], str):
+    if not isinstance(other.get("type"), str):
         return node
-    rest = {key: value for key, value in node.items() if key != "anyOf"}
-    return {**rest, "type": [other["type"], "null"]}
+    merged = {key: value for key, value in node.items() if key != "anyOf"} | other
+    merged["type"] = [other["type"], "null"]
+    if "enum" in other:
+        merged["enum"] = [*other["enum"], None]
+    if "default" in merged and merged["default"] is None:
+        del merged["default"]
+    return merged
 
 
 def tool_result(job: AudioJob) -> CallToolResult:

@@ -6,10 +6,15 @@ as failing tests. `/_sandbox/` admin routes let a test running the sandbox in an
 Timing is clock-driven with no background task: each job's schedule (queue wait, optional concurrency limit,
 jittered processing time) and fate are fixed at submit, and every answer reads the schedule against the clock.
 Only webhook delivery needs a task: `Sandbox.deliver_webhooks`, which the app's lifespan also runs.
+
+Hostile faults (slow or huge media, hanging submits and polls) only show their effect under a real server:
+`httpx2.ASGITransport` buffers whole responses and enforces no timeout. A hanging handler ends when its client
+disconnects (or the server cancels it), so it never keeps a server from shutting down.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import hmac
 import ipaddress
@@ -26,14 +31,15 @@ from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.lowlevel
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from mmaudio_mcp.sandbox_audio import SAMPLE_RATE, wav_for
+from mmaudio_mcp.sandbox_audio import SAMPLE_RATE, WAV_HEADER_BYTES, wav_for, wav_header
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Callable
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
     import httpx2
     from starlette.datastructures import Headers
@@ -59,6 +65,9 @@ MODEL_ID = "mmaudio-v2-text-to-audio"
 SUBMIT_PATH = f"/{MODEL_ID}/v1/{MODEL_ID}-request"
 KEY_HEADER = "Ocp-Apim-Subscription-Key"
 WEBHOOK_TIMEOUT = 5.0
+DRIP_CHUNK_BYTES = 1024
+HUGE_CHUNK_BYTES = 64 * 1024
+KEY_HASH_CHARS = 12
 _NOT_WAV_PAGE = b"<!DOCTYPE html><html><head><title>Error</title></head><body><h1>Access Denied</h1></body></html>"
 
 
@@ -77,6 +86,26 @@ class FaultKind(StrEnum):
     TRUNCATED_WAV = "truncated_wav"  # media body cut in half; the header still promises all the data
     NOT_WAV = "not_wav"  # media answers 200 with an HTML page labelled audio/wav
     MEDIA_404 = "media_404"  # media answers 404
+    SLOW_MEDIA = "slow_media"  # media drips the valid WAV in 1 KiB chunks, drip_seconds apart
+    HUGE_MEDIA = "huge_media"  # media streams a silent WAV whose header and Content-Length say huge_media_bytes
+    MEDIA_REDIRECT_FILE = "media_redirect_file"  # media answers 302 to file:///etc/passwd
+    MEDIA_REDIRECT_OTHER_HOST = "media_redirect_other_host"  # media answers 302 to a link-local metadata service
+    POLL_HANG = "poll_hang"  # a status poll never answers, until the client gives up
+    SUBMIT_HANG = "submit_hang"  # the job is created, then the submit never answers: possibly billed
+
+
+_REDIRECTS = {
+    FaultKind.MEDIA_REDIRECT_FILE: "file:///etc/passwd",
+    FaultKind.MEDIA_REDIRECT_OTHER_HOST: "http://169.254.169.254/latest/meta-data/",
+}
+_MEDIA_FAULTS = (
+    FaultKind.MEDIA_404,
+    FaultKind.TRUNCATED_WAV,
+    FaultKind.NOT_WAV,
+    FaultKind.SLOW_MEDIA,
+    FaultKind.HUGE_MEDIA,
+    *_REDIRECTS,
+)
 
 
 _JOB_OUTCOMES = {
@@ -95,12 +124,15 @@ class Fault:
 
 @dataclass
 class SandboxConfig:
-    """How the fake gateway behaves: accepted key, timing, media origin, load shape and webhook quirks.
+    """How the fake gateway behaves: accepted keys, timing, media origin, load shape, webhook and media quirks.
+
+    extra_api_keys are accepted besides api_key (clients bringing their own key); jobs are not scoped by key.
 
     speed scales queue and processing time (0: done at the first poll); jitter multiplies each job's processing
     time by a uniform factor in [1 - jitter, 1 + jitter], drawn from `random.Random(seed)`; concurrency caps how
     many jobs are PROCESSING at once (None: no cap), the rest wait QUEUED in submit order; webhook_duplicates
-    extra copies follow each callback, as network retries upstream may deliver.
+    extra copies follow each callback, as network retries upstream may deliver. drip_seconds is the pause between
+    the 1 KiB chunks of a SLOW_MEDIA body; huge_media_bytes the size a HUGE_MEDIA body claims and streams.
     """
 
     api_key: str = SANDBOX_API_KEY
@@ -112,6 +144,9 @@ class SandboxConfig:
     seed: int | None = None
     concurrency: int | None = None
     webhook_duplicates: int = 0
+    extra_api_keys: tuple[str, ...] = ()
+    drip_seconds: float = 0.5
+    huge_media_bytes: int = 80 * 1024 * 1024
 
 
 @dataclass
@@ -126,6 +161,7 @@ class JobTiming:
     polls: int = 0  # status requests for this job, whatever the answer
     webhooks_sent: int = 0  # callback POSTs attempted, duplicates included, whatever the outcome
     webhook_url: str | None = None  # the X-Webhook-URL the submit carried
+    api_key_hash: str | None = None  # a short sha256 hex prefix of the key that submitted it, never the key
 
 
 @dataclass
@@ -344,7 +380,10 @@ class Sandbox:
 
     def _key_ok(self, request: Request) -> bool:
         sent = request.headers.get(KEY_HEADER)
-        return sent is not None and hmac.compare_digest(sent.encode(), self.config.api_key.encode())
+        if sent is None:
+            return False
+        keys = (self.config.api_key, *self.config.extra_api_keys)
+        return any([hmac.compare_digest(sent.encode(), key.encode()) for key in keys])  # all compared: no timing hint
 
     def _submit_fault(self) -> Response | None:
         """Answer a submit with an injected queue-system failure, or None."""
@@ -366,10 +405,14 @@ class Sandbox:
         except _BadRequest as exc:
             return _error(400, "Bad Request", str(exc))
         job = self._new_job(prompt, duration, num_steps, _media_origin(request, self.config.media_base_url))
+        timing = self._stats.jobs[job.request_id]
+        timing.api_key_hash = _key_hash(request.headers[KEY_HEADER])  # _guard let it through: it is an accepted key
         if webhook is not None:
             job.webhook = webhook
             self._hooked[job.request_id] = job
-            self._stats.jobs[job.request_id].webhook_url = webhook.url
+            timing.webhook_url = webhook.url
+        if self._take_fault(FaultKind.SUBMIT_HANG):
+            return await _hang(request)
         polling_url = f"{str(request.base_url).rstrip('/')}/v2/requests/status/{job.request_id}"
         return JSONResponse({"request_id": job.request_id, "status": "QUEUED", "polling_url": polling_url}, 202)
 
@@ -404,7 +447,10 @@ class Sandbox:
         refused = self._guard(request, submit=False)
         if refused is not None:
             return refused
-        if self._take_fault(FaultKind.POLL_500):
+        fault = self._take_fault(FaultKind.POLL_500, FaultKind.POLL_HANG)
+        if fault is FaultKind.POLL_HANG:
+            return await _hang(request)
+        if fault is FaultKind.POLL_500:
             return _html_error(500 if self._stats.polls[request_id] % 2 else 502)
         job = self._jobs.get(request_id)
         if job is None or timing is None:
@@ -424,17 +470,15 @@ class Sandbox:
         job = self._jobs.get(request_id)
         if job is None or job.phase_at(self.config.clock()).status != "COMPLETED":
             return Response("Not Found", 404, media_type="text/plain")
-        fault = self._take_fault(FaultKind.MEDIA_404, FaultKind.TRUNCATED_WAV, FaultKind.NOT_WAV)
+        fault = self._take_fault(*_MEDIA_FAULTS)
         if fault is FaultKind.MEDIA_404:
             return Response("Not Found", 404, media_type="text/plain")
-        if job.wav is None:
-            job.wav = wav_for(job.prompt, job.duration)
-        body = job.wav
-        if fault is FaultKind.TRUNCATED_WAV:
-            body = body[: len(body) // 2]
-        elif fault is FaultKind.NOT_WAV:
-            body = _NOT_WAV_PAGE
-        return Response(body, 200, media_type="audio/wav")
+        if fault is not None and fault in _REDIRECTS:
+            return RedirectResponse(_REDIRECTS[fault], 302)
+        if fault is FaultKind.HUGE_MEDIA:
+            size = self.config.huge_media_bytes
+            return _streamed(_silent_wav(size), size)
+        return _media_body(_wav(job), fault, self.config.drip_seconds)
 
     async def _admin_stats(self, request: Request) -> Response:
         return JSONResponse(asdict(self.stats()))
@@ -462,6 +506,79 @@ def _check_config(config: SandboxConfig) -> None:
         raise ValueError("concurrency must be None or at least 1")
     if config.webhook_duplicates < 0:
         raise ValueError("webhook_duplicates must be at least 0")
+    if not _keys_ok(config.extra_api_keys):
+        raise ValueError("extra_api_keys must be a tuple of non-empty strings")
+    if config.drip_seconds < 0:
+        raise ValueError("drip_seconds must be at least 0")
+    size = config.huge_media_bytes
+    if size % 4 or not WAV_HEADER_BYTES < size <= 0xFFFF_FFFF:
+        raise ValueError(f"huge_media_bytes must be a multiple of 4, over {WAV_HEADER_BYTES} and under 4 GiB")
+
+
+def _keys_ok(keys: object) -> bool:
+    """Accept a tuple of non-empty strings (a bare string would pass for a tuple of one-letter keys)."""
+    return isinstance(keys, tuple) and all(isinstance(key, str) and key for key in cast("tuple[object, ...]", keys))
+
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:KEY_HASH_CHARS]
+
+
+async def _hang(request: Request) -> Response:
+    """Never answer: sleep until the client disconnects (or the server cancels the handler), leaving no task behind.
+
+    The answer returned then goes nowhere: the client is gone.
+    """
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(_cancel_on_disconnect, request, tasks.cancel_scope)
+        await anyio.sleep_forever()
+    return Response("Gateway Timeout", 504, media_type="text/plain")
+
+
+async def _cancel_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:
+    """Read what is left of the request until the server reports the client gone, then cancel `scope`."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+def _wav(job: _Job) -> bytes:
+    """Return the job's audio, synthesized at the first fetch and cached."""
+    if job.wav is None:
+        job.wav = wav_for(job.prompt, job.duration)
+    return job.wav
+
+
+def _media_body(wav: bytes, fault: FaultKind | None, drip_seconds: float) -> Response:
+    """Answer a media fetch with the job's WAV as a fault (truncated, not WAV, slow) or nothing shapes it."""
+    if fault is FaultKind.SLOW_MEDIA:
+        return _streamed(_drip(wav, drip_seconds), len(wav))
+    if fault is FaultKind.TRUNCATED_WAV:
+        wav = wav[: len(wav) // 2]
+    elif fault is FaultKind.NOT_WAV:
+        wav = _NOT_WAV_PAGE
+    return Response(wav, 200, media_type="audio/wav")
+
+
+def _streamed(chunks: AsyncIterator[bytes], size: int) -> StreamingResponse:
+    return StreamingResponse(chunks, 200, headers={"Content-Length": str(size)}, media_type="audio/wav")
+
+
+async def _drip(body: bytes, delay: float) -> AsyncIterator[bytes]:
+    """Yield `body` in DRIP_CHUNK_BYTES pieces, sleeping `delay` seconds between two pieces."""
+    for start in range(0, len(body), DRIP_CHUNK_BYTES):
+        if start:
+            await anyio.sleep(delay)
+        yield body[start : start + DRIP_CHUNK_BYTES]
+
+
+async def _silent_wav(size: int) -> AsyncIterator[bytes]:
+    """Yield a `size`-byte WAV of silence: its header, then one reused block of zeros at a time, never the whole."""
+    yield wav_header(size - WAV_HEADER_BYTES)
+    zeros = bytes(HUGE_CHUNK_BYTES)
+    for start in range(WAV_HEADER_BYTES, size, HUGE_CHUNK_BYTES):
+        await anyio.lowlevel.checkpoint()  # stays cancellable even when the socket never pushes back
+        yield zeros if size - start >= HUGE_CHUNK_BYTES else zeros[: size - start]
 
 
 def _status_body(job: _Job, phase: _Phase, media_origin: str) -> dict[str, object]:

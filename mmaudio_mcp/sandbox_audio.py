@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 SAMPLE_RATE = 44_100
 # KSDATAFORMAT_SUBTYPE_IEEE_FLOAT (00000003-0000-0010-8000-00aa00389b71) in its on-disk, mixed-endian byte order.
 _FLOAT_SUBFORMAT = bytes.fromhex("0300000000001000800000aa00389b71")
+WAV_HEADER_BYTES = 80  # RIFF/WAVE (12) + fmt (8 + 40) + fact (8 + 4) + the data chunk's tag and size (8)
+_MAX_DATA_BYTES = (0xFFFF_FFFF - (WAV_HEADER_BYTES - 8)) & ~3  # the RIFF size field is 32 bits
 # Prompt keyword (as a word prefix) -> box-filter width of the noise: wide boxes rumble, narrow ones hiss.
 _NOISE_WIDTHS = {"rain": 2, "water": 4, "crowd": 6, "storm": 16, "wave": 24, "ocean": 24, "wind": 32}
 _TONE_WORDS = ("beep", "bell", "chime", "alarm", "tone", "ding")
@@ -146,15 +148,27 @@ def _fade(samples: array[float], length: int) -> array[float]:
     return samples
 
 
+def wav_header(data_bytes: int) -> bytes:
+    """Return the WAV_HEADER_BYTES that start a mono float32 file (as `wav_for` writes) of `data_bytes` of samples.
+
+    The header alone lets a streamed body be any size without building it: the samples follow it as they come.
+    """
+    if data_bytes < 0 or data_bytes % 4 or data_bytes > _MAX_DATA_BYTES:
+        raise ValueError("data_bytes must be a whole number of float32 samples that fits a RIFF file")
+    rate, width = SAMPLE_RATE, 4
+    fmt = struct.pack("<HHIIHHHHI16s", 0xFFFE, 1, rate, rate * width, width, 32, 22, 32, 4, _FLOAT_SUBFORMAT)
+    chunks = b"".join(
+        tag + struct.pack("<I", len(payload)) + payload
+        for tag, payload in ((b"fmt ", fmt), (b"fact", struct.pack("<I", data_bytes // width)))
+    )
+    riff_size = 4 + len(chunks) + 8 + data_bytes
+    return b"RIFF" + struct.pack("<I", riff_size) + b"WAVE" + chunks + b"data" + struct.pack("<I", data_bytes)
+
+
 def _wav_bytes(samples: array[float]) -> bytes:
     """Encode mono 32-bit float samples as WAVE_FORMAT_EXTENSIBLE with a fact chunk, little-endian on any host."""
     if sys.byteorder == "big":
         samples = array("f", samples)
         samples.byteswap()
-    rate, width = SAMPLE_RATE, samples.itemsize
-    fmt = struct.pack("<HHIIHHHHI16s", 0xFFFE, 1, rate, rate * width, width, 32, 22, 32, 4, _FLOAT_SUBFORMAT)
-    chunks = b"".join(
-        tag + struct.pack("<I", len(payload)) + payload
-        for tag, payload in ((b"fmt ", fmt), (b"fact", struct.pack("<I", len(samples))), (b"data", samples.tobytes()))
-    )
-    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+    data = samples.tobytes()
+    return wav_header(len(data)) + data

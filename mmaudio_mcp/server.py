@@ -5,16 +5,22 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Final, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
+import anyio
+from mcp import MCPDeprecationWarning, MCPError
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context  # noqa: TC002 (the SDK reads tool annotations at runtime)
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.types import CallToolResult, ToolAnnotations
-from pydantic import Field
+from pydantic import Field, ValidationError
 from starlette.requests import Request  # noqa: TC002 (route signatures are read at runtime)
 from starlette.responses import JSONResponse, Response
 
@@ -22,6 +28,8 @@ from mmaudio_mcp import __version__, prompts
 from mmaudio_mcp.errors import InvalidArgumentError, MmaudioError, UnknownJobError
 from mmaudio_mcp.jobs import Caller, JobService, open_job_service
 from mmaudio_mcp.models import REQUEST_ID_PATTERN, AudioJob, GenerationParams
+from mmaudio_mcp.placement import Destination, resolve_destination
+from mmaudio_mcp.processing import ProcessOptions
 from mmaudio_mcp.results import compact_schema, job_listing, tool_result, with_inline_audio
 
 if TYPE_CHECKING:
@@ -49,24 +57,39 @@ Prompt = Annotated[
         min_length=1,
         max_length=2000,
         pattern=r"\S",
-        description="What the sound is, in plain words (e.g. 'rain on a tin roof, distant thunder'). "
-        "Only about the first 60 words are read (77 CLIP tokens); put the essentials first.",
+        description="The sound in plain words, essentials first (only ~60 words are read), "
+        "e.g. 'rain on a tin roof, distant thunder'.",
     ),
 ]
 NegativePrompt = Annotated[str, Field(max_length=2000, description="Sounds to avoid, e.g. 'music, voices'.")]
-Duration = Annotated[int, Field(ge=2, le=30, description="Length in seconds. The model was trained on 8 s clips.")]
-NumSteps = Annotated[int, Field(ge=10, le=100, description="Diffusion steps: more is slower, sometimes cleaner.")]
+Duration = Annotated[int, Field(ge=2, le=30, description="Seconds; the model was trained on 8 s clips.")]
+NumSteps = Annotated[int, Field(ge=10, le=100, description="Diffusion steps; more is slower.")]
 CfgStrength = Annotated[
     float, Field(ge=1.0, le=10.0, allow_inf_nan=False, description="How literally to follow the prompt.")
 ]
-MaskAwayClip = Annotated[bool, Field(description="Passed through to MMAudio; may have no effect for text-only audio.")]
+MaskAwayClip = Annotated[bool, Field(description="Passed to MMAudio; likely no effect on text-only audio.")]
 RequestId = Annotated[
     str, Field(max_length=128, pattern=REQUEST_ID_PATTERN, description="The request_id from generate_audio.")
 ]
 FileName = Annotated[
-    str | None,
-    Field(max_length=120, description="Bare file name (no folders) for a copy in the output folder, e.g. 'rain.wav'."),
+    str | None, Field(max_length=120, description="Bare file name for the copy, e.g. 'door_creak' (suffix optional).")
 ]
+Folder = Annotated[
+    str | None,
+    Field(
+        max_length=1024,
+        description="Also save into this folder, e.g. 'assets/sfx' (relative to the workspace root).",
+    ),
+]
+Overwrite = Annotated[bool, Field(description="Replace an existing file of the same name.")]
+Format = Annotated[Literal["wav", "flac", "ogg", "mp3"], Field(description="Output format (ogg suits loops).")]
+SampleRate = Annotated[int | None, Field(ge=8000, le=192000, description="Resample, e.g. 48000.")]
+Channels = Annotated[Literal[1, 2] | None, Field(description="1 mono, 2 stereo (duplicated).")]
+Normalize = Annotated[bool, Field(description="Normalize loudness to target_lufs (peak <= -1 dBTP).")]
+TargetLufs = Annotated[float, Field(ge=-40, le=-5, description="Loudness target when normalizing.")]
+TrimSilence = Annotated[bool, Field(description="Trim leading and trailing silence.")]
+FadeMs = Annotated[int, Field(ge=0, le=5000, description="Fade in/out in ms (not for loops).")]
+Loop = Annotated[bool, Field(description="Make the clip loop seamlessly.")]
 
 
 WaitSeconds = Annotated[
@@ -74,8 +97,7 @@ WaitSeconds = Annotated[
     Field(
         ge=0,
         le=300,
-        description="Seconds to wait for the audio inside this call (progress is reported meanwhile); "
-        "0 returns at once with the request_id.",
+        description="Seconds to wait in this call, with progress; 0 returns the request_id at once.",
     ),
 ]
 
@@ -163,11 +185,12 @@ def _tools(default_wait: float) -> list[Tool]:
         cfg_strength: CfgStrength = 4.5,
         mask_away_clip: MaskAwayClip = False,
         wait_seconds: WaitSeconds = default_wait,
+        folder: Folder = None,
     ) -> Annotated[CallToolResult, AudioJob]:
-        """Generate a sound effect, ambience or music clip from text with MMAudio v2 and save it as a WAV file.
+        """Generate a sound effect, ambience or music clip from text (MMAudio v2) as a WAV file.
 
-        Each call is a new paid job (10-90 s); there is no seed, so runs differ. If it is not done within
-        wait_seconds, the result holds a request_id: call check_status with it instead of generating again.
+        Each call is a new paid job (10-90 s, no seed). If not done within wait_seconds, call check_status with
+        the returned request_id; never generate again for it.
         """
         params = GenerationParams(
             prompt=prompt,
@@ -178,8 +201,11 @@ def _tools(default_wait: float) -> list[Tool]:
             mask_away_clip=mask_away_clip,
         )
         jobs, caller = await _jobs_for(ctx)
-        work = jobs.generate(params, wait_seconds=wait_seconds, progress=_progress(ctx), caller=caller)
-        return tool_result(await _call(work))
+        destination = await _destination(ctx, jobs, folder)
+        job = await _call(jobs.generate(params, wait_seconds=wait_seconds, progress=_progress(ctx), caller=caller))
+        if destination is not None and job.file is not None:
+            job = await _call(jobs.download(job.request_id, caller=caller, destination=destination))
+        return tool_result(job)
 
     async def check_status(
         ctx: Context[AppState],
@@ -195,24 +221,58 @@ def _tools(default_wait: float) -> list[Tool]:
         ctx: Context[AppState],
         request_id: RequestId,
         filename: FileName = None,
-        include_audio: Annotated[bool, Field(description="Also return the audio inline, if under ~600 KB.")] = False,
+        folder: Folder = None,
+        overwrite: Overwrite = False,
+        format: Format = "wav",
+        sample_rate: SampleRate = None,
+        channels: Channels = None,
+        normalize: Normalize = False,
+        target_lufs: TargetLufs = -16.0,
+        trim_silence: TrimSilence = False,
+        fade_ms: FadeMs = 0,
+        loop: Loop = False,
+        include_audio: Annotated[bool, Field(description="Also inline the audio if under ~600 KB.")] = False,
     ) -> Annotated[CallToolResult, AudioJob]:
-        """Make sure a finished job's WAV is on disk (a verified copy is reused, never re-fetched) and describe it."""
+        """Save a finished job's audio into the project, converted, normalized, trimmed, faded or looped as asked.
+
+        The delivered WAV is kept; each variant is made once."""
+        options = _options(
+            format=format,
+            sample_rate=sample_rate,
+            channels=channels,
+            normalize=normalize,
+            target_lufs=target_lufs,
+            trim_silence=trim_silence,
+            fade_ms=fade_ms,
+            loop=loop,
+        )
         jobs, caller = await _jobs_for(ctx)
-        job = await _call(jobs.download(request_id, filename=filename, caller=caller))
+        destination = await _destination(ctx, jobs, folder)
+        work = jobs.download(
+            request_id,
+            filename=filename,
+            caller=caller,
+            options=options,
+            destination=destination,
+            overwrite=overwrite,
+        )
+        job = await _call(work)
         return await with_inline_audio(tool_result(job), job) if include_audio else tool_result(job)
 
     return [
         _tool(generate_audio, "Generate audio", idempotent=False),
         _tool(check_status, "Check an audio job", idempotent=True),
-        _tool(download_audio, "Download generated audio", idempotent=True),
+        # destructive: with overwrite=true it replaces a file in the user's project.
+        _tool(download_audio, "Save generated audio", idempotent=True, destructive=True),
     ]
 
 
-def _tool(fn: Callable[..., Awaitable[CallToolResult]], title: str, *, idempotent: bool) -> Tool:
+def _tool(
+    fn: Callable[..., Awaitable[CallToolResult]], title: str, *, idempotent: bool, destructive: bool = False
+) -> Tool:
     """Register a tool with honest hints and schemas trimmed to what a model needs (it pays for every token)."""
     hints = ToolAnnotations(
-        read_only_hint=False, destructive_hint=False, idempotent_hint=idempotent, open_world_hint=True
+        read_only_hint=False, destructive_hint=destructive, idempotent_hint=idempotent, open_world_hint=True
     )
     tool = Tool.from_function(
         fn, title=title, description=inspect.cleandoc(fn.__doc__ or ""), annotations=hints, structured_output=True
@@ -277,6 +337,39 @@ def _add_routes(server: MCPServer[AppState], live: _Live) -> None:
         # The unguessable token is the only credential; the body is ignored (Pixazo's callbacks are unsigned).
         known = live.state is not None and await live.jobs.on_webhook(request.path_params["token"])
         return Response(status_code=202 if known else 404)
+
+
+def _options(**values: Any) -> ProcessOptions:
+    try:
+        return ProcessOptions(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ToolError(f"Invalid processing options: {first['msg']}.") from exc
+
+
+async def _destination(ctx: Context[AppState], jobs: JobService, folder: str | None) -> Destination | None:
+    """Where `folder` points: inside the client's workspace roots (asked only when a folder is given)."""
+    if folder is None:
+        return None
+    roots = await _client_roots(ctx)
+    try:
+        return resolve_destination(folder, roots, jobs.output_dir)
+    except MmaudioError as exc:
+        raise ToolError(exc.message) from exc
+
+
+async def _client_roots(ctx: Context[AppState]) -> list[Path]:
+    """The client's workspace folders (MCP roots), or none if it has none or cannot be asked (2026-07-28)."""
+    with warnings.catch_warnings():
+        # Roots are deprecated in protocol 2026-07-28 but are how today's IDE hosts name the workspace.
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        try:
+            with anyio.fail_after(10):
+                listed = await ctx.session.list_roots()  # pyright: ignore[reportDeprecated] (see above)
+        except (MCPError, TimeoutError):
+            return []
+    uris = [str(root.uri) for root in listed.roots]
+    return [Path(url2pathname(urlsplit(uri).path)) for uri in uris if uri.startswith("file:")]
 
 
 async def _jobs_for(ctx: Context[AppState]) -> tuple[JobService, Caller]:

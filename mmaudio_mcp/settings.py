@@ -27,7 +27,8 @@ def _default_state_dir() -> Path:
 class Settings(BaseSettings):
     """Everything the server reads from its environment. Nothing is read at import time."""
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+    # case_sensitive: only the documented upper-case names are read, never a generic PORT or HOST.
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True, case_sensitive=True)
 
     api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("PIXAZO_API_KEY", "api_key"))
     gateway_url: str = Field(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 import socket
 import struct
@@ -29,12 +31,15 @@ from mmaudio_mcp.sandbox import (
     create_sandbox,
     expected_seconds,
 )
+from mmaudio_mcp.sandbox_audio import WAV_HEADER_BYTES
+from mmaudio_mcp.transport import serve_on_loopback
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 SUBMIT = "/mmaudio-v2-text-to-audio/v1/mmaudio-v2-text-to-audio-request"
-KEY = {"Ocp-Apim-Subscription-Key": SANDBOX_API_KEY}
+KEY_HEADER = "Ocp-Apim-Subscription-Key"
+KEY = {KEY_HEADER: SANDBOX_API_KEY}
 START = datetime(2026, 3, 31, 10, tzinfo=UTC).timestamp()
 FLOAT_SUBTYPE = uuid.UUID("00000003-0000-0010-8000-00aa00389b71")
 MODEL_NOT_FOUND = {"error": "Model not found", "message": "Model 'mmaudio-v2-text-to-audio' not found or is disabled"}
@@ -109,6 +114,11 @@ async def fetch_audio(client: httpx2.AsyncClient, clock: FakeClock, **fields: An
     response = await client.get(body["output"]["media_url"][0])
     assert response.status_code == 200
     return response.content
+
+
+def key_hash(key: str) -> str:
+    """Return the sha256 hex digest of `key`; the sandbox records a prefix of it."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def riff_chunks(data: bytes) -> dict[bytes, bytes]:
@@ -562,6 +572,7 @@ async def test_admin_routes_inject_and_clear_faults_and_report_stats(client: htt
         "polls": 0,
         "webhooks_sent": 0,
         "webhook_url": None,
+        "api_key_hash": key_hash(SANDBOX_API_KEY),
     }
     assert stats == {
         "submits": 2,
@@ -660,11 +671,33 @@ async def test_status_follows_the_jittered_schedule(clock: FakeClock) -> None:
 
 @pytest.mark.parametrize(
     "config",
-    [{"jitter": -0.1}, {"jitter": 1.5}, {"concurrency": 0}, {"webhook_duplicates": -1}],
-    ids=["negative-jitter", "jitter-over-one", "no-slots", "negative-duplicates"],
+    [
+        {"jitter": -0.1},
+        {"jitter": 1.5},
+        {"concurrency": 0},
+        {"webhook_duplicates": -1},
+        {"drip_seconds": -0.1},
+        {"huge_media_bytes": 1_000_001},
+        {"huge_media_bytes": 80},
+        {"huge_media_bytes": 2**32},
+        {"extra_api_keys": "other-key"},
+        {"extra_api_keys": ("other-key", "")},
+    ],
+    ids=[
+        "negative-jitter",
+        "jitter-over-one",
+        "no-slots",
+        "negative-duplicates",
+        "negative-drip",
+        "huge-not-whole-samples",
+        "huge-header-only",
+        "huge-over-riff-limit",
+        "keys-as-a-string",
+        "empty-extra-key",
+    ],
 )
 def test_a_config_that_makes_no_sense_is_refused(config: dict[str, Any]) -> None:
-    """Jitter outside [0, 1], fewer than one slot or negative duplicates raise ValueError at creation."""
+    """Bad jitter, slots, duplicates, drip, huge size or extra keys raise ValueError naming the field at creation."""
     with pytest.raises(ValueError, match=next(iter(config))):
         create_sandbox(SandboxConfig(**config))
 
@@ -876,6 +909,7 @@ async def test_job_timing_records_the_schedule_polls_and_the_first_terminal_poll
         first_terminal_poll_at=START + 30.0,
         polls=3,
         webhooks_sent=0,
+        api_key_hash=key_hash(SANDBOX_API_KEY),
     )
 
 
@@ -889,3 +923,233 @@ async def test_job_timing_knows_the_final_status_at_submit_and_stats_are_a_snaps
     assert snapshot.jobs[request_id].status == "ERROR"
     snapshot.jobs[request_id].polls = 99
     assert sandbox.stats().jobs[request_id].polls == 0
+
+
+SHORT = httpx2.Timeout(2.0, read=0.2)  # for the request a fault makes hang or drip
+
+
+@asynccontextmanager
+async def served(sandbox: Sandbox) -> AsyncGenerator[httpx2.AsyncClient]:
+    """Serve the sandbox on a loopback port (hostile faults need a real server) and yield a client for it.
+
+    The whole block, server shutdown included, must end within 3 s: a handler left running would keep the server
+    from stopping.
+    """
+    with anyio.fail_after(3):
+        async with serve_on_loopback(sandbox.app) as url, httpx2.AsyncClient(base_url=url) as client:
+            yield client
+
+
+async def completed_media_path(client: httpx2.AsyncClient, clock: FakeClock) -> str:
+    """Submit a 2 s job, let it complete, and return its media path (relative: the server is on 127.0.0.1)."""
+    request_id = (await submit(client)).json()["request_id"]
+    clock.advance(3600)
+    assert (await poll(client, request_id)).json()["status"] == "COMPLETED"
+    return f"/cdn/v1/{request_id}/output.wav"
+
+
+async def asgi_get(sandbox: Sandbox, path: str) -> tuple[dict[str, str], list[bytes]]:
+    """GET `path` from the app itself (ASGITransport joins the body), returning the headers and each body piece."""
+    scope = {"type": "http", "method": "GET", "path": path, "headers": [], "query_string": b""}
+    scope |= {"scheme": "http", "server": ("127.0.0.1", 80), "root_path": "", "http_version": "1.1"}
+    headers: dict[str, str] = {}
+    parts: list[bytes] = []
+
+    pending = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop()
+        await anyio.sleep_forever()  # the client never leaves
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers.update((name.decode(), value.decode()) for name, value in message["headers"])
+            headers[":status"] = str(message["status"])
+        elif message.get("body"):
+            parts.append(message["body"])
+
+    await sandbox.app(scope, receive, send)
+    return headers, parts
+
+
+async def test_slow_media_drips_the_whole_valid_wav_in_one_kib_pieces_once(clock: FakeClock) -> None:
+    """SLOW_MEDIA (times=1) sends the same WAV, Content-Length set, 1 KiB at a time; the next fetch is whole."""
+    sandbox = create_sandbox(SandboxConfig(clock=clock, drip_seconds=0.0))
+    async with client_for(sandbox) as client:
+        path = await completed_media_path(client, clock)
+    sandbox.add_fault(Fault(FaultKind.SLOW_MEDIA, times=1))
+    dripped, parts = await asgi_get(sandbox, path)
+    normal, whole = await asgi_get(sandbox, path)
+    wav = b"".join(whole)
+    assert (dripped[":status"], dripped["content-type"]) == ("200", "audio/wav")
+    assert dripped["content-length"] == str(len(wav))
+    assert b"".join(parts) == wav
+    assert len(parts) == math.ceil(len(wav) / 1024)
+    assert all(len(part) == 1024 for part in parts[:-1])
+    assert (normal[":status"], len(whole)) == ("200", 1)
+    assert len(float_samples(wav)) == 2 * 44100
+
+
+async def test_slow_media_makes_a_client_with_a_read_timeout_give_up(clock: FakeClock) -> None:
+    """Headers and the first KiB come at once, then drip_seconds of silence: a 0.2 s read timeout fires."""
+    sandbox = create_sandbox(SandboxConfig(clock=clock, drip_seconds=0.5))
+    async with served(sandbox) as client:
+        path = await completed_media_path(client, clock)
+        whole = (await client.get(path)).content  # the audio is synthesized (slowly) once, then cached
+        sandbox.add_fault(Fault(FaultKind.SLOW_MEDIA, times=1))
+        async with client.stream("GET", path, timeout=SHORT) as response:
+            assert (response.status_code, response.headers["content-length"]) == (200, str(len(whole)))
+            with pytest.raises(httpx2.ReadTimeout):
+                await response.aread()
+        again = await client.get(path, timeout=SHORT)
+    assert again.content == whole
+
+
+async def test_huge_media_claims_eighty_mib_and_streams_silence_lazily(clock: FakeClock) -> None:
+    """HUGE_MEDIA: Content-Length and the WAV header say 80 MiB; a client can read a few chunks and hang up."""
+    size = 80 * 1024 * 1024
+    sandbox = create_sandbox(SandboxConfig(clock=clock))
+    async with served(sandbox) as client:
+        path = await completed_media_path(client, clock)
+        sandbox.add_fault(Fault(FaultKind.HUGE_MEDIA, times=1))
+        received = bytearray()
+        async with client.stream("GET", path) as response:
+            assert (response.status_code, response.headers["content-length"]) == (200, str(size))
+            async for part in response.aiter_raw():
+                received += part
+                if len(received) >= 4 * 64 * 1024:
+                    break
+        normal = await client.get(path)
+    assert received[:4] == b"RIFF"
+    assert struct.unpack("<I", received[4:8])[0] == size - 8
+    assert received[WAV_HEADER_BYTES - 8 : WAV_HEADER_BYTES - 4] == b"data"
+    assert struct.unpack("<I", received[WAV_HEADER_BYTES - 4 : WAV_HEADER_BYTES])[0] == size - WAV_HEADER_BYTES
+    assert not any(received[WAV_HEADER_BYTES:])
+    assert (normal.status_code, len(float_samples(normal.content))) == (200, 2 * 44100)
+
+
+async def test_huge_media_is_a_well_formed_silent_wav_of_the_configured_size(clock: FakeClock) -> None:
+    """Read to the end (at 1 MiB), the body is exactly huge_media_bytes of valid float WAV, all zeros."""
+    size = 1024 * 1024
+    sandbox = create_sandbox(SandboxConfig(clock=clock, huge_media_bytes=size))
+    sandbox.add_fault(Fault(FaultKind.HUGE_MEDIA))
+    async with client_for(sandbox) as client:
+        path = await completed_media_path(client, clock)
+    headers, parts = await asgi_get(sandbox, path)
+    body = b"".join(parts)
+    assert (len(body), headers["content-length"]) == (size, str(size))
+    assert max(len(part) for part in parts) == 64 * 1024
+    samples = float_samples(body)
+    assert len(samples) == (size - WAV_HEADER_BYTES) // 4
+    assert not any(samples)
+
+
+@pytest.mark.parametrize(
+    ("kind", "location"),
+    [
+        (FaultKind.MEDIA_REDIRECT_FILE, "file:///etc/passwd"),
+        (FaultKind.MEDIA_REDIRECT_OTHER_HOST, "http://169.254.169.254/latest/meta-data/"),
+    ],
+)
+async def test_media_redirect_faults_answer_302_to_a_place_a_client_must_not_follow(
+    client: httpx2.AsyncClient, clock: FakeClock, kind: FaultKind, location: str
+) -> None:
+    """The redirect (injected through the admin route) goes to a local file or a link-local metadata service."""
+    path = await completed_media_path(client, clock)
+    assert (await client.post("/_sandbox/faults", json={"kind": kind, "times": 2})).status_code == 201
+    first, second, third = [await client.get(path) for _ in range(3)]
+    for redirect in (first, second):
+        assert (redirect.status_code, redirect.headers["location"]) == (302, location)
+    assert (third.status_code, third.content[:4]) == (200, b"RIFF")
+
+
+async def test_a_hanging_poll_times_the_client_out_and_leaves_the_sandbox_responsive(clock: FakeClock) -> None:
+    """POLL_HANG (times=1): the poll never answers, a 0.2 s read timeout fires; the next poll answers at once."""
+    sandbox = create_sandbox(SandboxConfig(clock=clock))
+    async with served(sandbox) as client:
+        request_id = (await submit(client)).json()["request_id"]
+        sandbox.add_fault(Fault(FaultKind.POLL_HANG, times=1))
+        with pytest.raises(httpx2.ReadTimeout):
+            await client.get(f"/v2/requests/status/{request_id}", headers=KEY, timeout=SHORT)
+        answered = await client.get(f"/v2/requests/status/{request_id}", headers=KEY, timeout=SHORT)
+        healthy = await client.get("/healthz")
+    assert (answered.status_code, answered.json()["status"]) == (200, "QUEUED")
+    assert healthy.status_code == 200
+    assert sandbox.stats().polls == {request_id: 2}
+
+
+async def test_a_hanging_submit_creates_the_job_before_the_client_gives_up(clock: FakeClock) -> None:
+    """SUBMIT_HANG (times=1): the job exists (possibly billed) though no answer came; the next submit answers."""
+    sandbox = create_sandbox(SandboxConfig(clock=clock))
+    async with served(sandbox) as client:
+        sandbox.add_fault(Fault(FaultKind.SUBMIT_HANG, times=1))
+        with pytest.raises(httpx2.ReadTimeout):
+            await client.post(SUBMIT, json={"prompt": "rain", "duration": 2}, headers=KEY, timeout=SHORT)
+        [lost] = sandbox.stats().jobs
+        clock.advance(3600)
+        found = await poll(client, lost)
+        answered = await client.post(SUBMIT, json={"prompt": "rain", "duration": 2}, headers=KEY, timeout=SHORT)
+    assert (found.status_code, found.json()["status"]) == (200, "COMPLETED")
+    assert answered.status_code == 202
+    assert set(sandbox.stats().jobs) == {lost, answered.json()["request_id"]}
+
+
+async def test_a_hanging_handler_is_cancelled_cleanly_in_process(client: httpx2.AsyncClient, sandbox: Sandbox) -> None:
+    """Cancelling a hung in-process request (no socket, no timeout) ends it; the sandbox keeps answering."""
+    request_id = (await submit(client)).json()["request_id"]
+    sandbox.add_fault(Fault(FaultKind.POLL_HANG, times=1))
+    with anyio.move_on_after(0.05) as scope:
+        await poll(client, request_id)
+    assert scope.cancelled_caught
+    assert (await poll(client, request_id)).status_code == 200
+
+
+async def test_extra_api_keys_are_accepted_and_any_accepted_key_reaches_any_job(clock: FakeClock) -> None:
+    """A job submitted with an extra key can be polled with the main key and fetched; wrong keys still get 401."""
+    sandbox = create_sandbox(SandboxConfig(clock=clock, extra_api_keys=("client-b", "client-c")))
+    other = {KEY_HEADER: "client-b"}
+    async with client_for(sandbox) as client:
+        submitted = await client.post(SUBMIT, json={"prompt": "rain", "duration": 2}, headers=other)
+        request_id = submitted.json()["request_id"]
+        clock.advance(3600)
+        by_main_key = await poll(client, request_id)
+        by_third_key = await client.get(f"/v2/requests/status/{request_id}", headers={KEY_HEADER: "client-c"})
+        media = await client.get(by_main_key.json()["output"]["media_url"][0])
+        refused = [
+            await client.post(SUBMIT, json={"prompt": "rain"}, headers={KEY_HEADER: key})
+            for key in ("client-d", "client-b ", "CLIENT-B", "")
+        ]
+        refused_poll = await client.get(f"/v2/requests/status/{request_id}", headers={KEY_HEADER: "client-d"})
+    assert submitted.status_code == 202
+    assert (by_main_key.status_code, by_third_key.status_code, media.status_code) == (200, 200, 200)
+    assert [response.status_code for response in [*refused, refused_poll]] == [401] * 5
+    assert len(sandbox.stats().jobs) == 1
+
+
+async def test_each_job_records_a_hash_of_the_key_that_submitted_it_never_the_key(clock: FakeClock) -> None:
+    """api_key_hash is a short sha256 hex prefix per key, different per key; the keys appear nowhere in stats."""
+    sandbox = create_sandbox(SandboxConfig(clock=clock, extra_api_keys=("client-b",)))
+    async with client_for(sandbox) as client:
+        first = (await submit(client)).json()["request_id"]
+        second = await client.post(SUBMIT, json={"prompt": "rain"}, headers={KEY_HEADER: "client-b"})
+        dumped = (await client.get("/_sandbox/stats")).text
+    jobs = sandbox.stats().jobs
+    hashes = {jobs[first].api_key_hash, jobs[second.json()["request_id"]].api_key_hash}
+    assert hashes == {key_hash(SANDBOX_API_KEY), key_hash("client-b")}
+    for recorded in hashes:
+        assert recorded is not None
+        assert re.fullmatch(r"[0-9a-f]{8,16}", recorded)
+    assert SANDBOX_API_KEY not in dumped
+    assert "client-b" not in dumped
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["slow_media", "huge_media", "media_redirect_file", "media_redirect_other_host", "poll_hang", "submit_hang"],
+)
+async def test_admin_route_accepts_the_hostile_fault_kinds(client: httpx2.AsyncClient, kind: str) -> None:
+    """POST /_sandbox/faults takes each new kind with its count (the redirect test drives one through it)."""
+    added = await client.post("/_sandbox/faults", json={"kind": kind, "times": 2})
+    assert (added.status_code, added.json()) == (201, {"kind": kind, "times": 2})

@@ -69,11 +69,11 @@ async def test_what_models_read_of_the_tool_list_is_well_under_five_kilobytes(cl
     """Names, descriptions and input schemas (what hosts send to the model) stay small; output schemas are compact."""
     tools = (await client.list_tools()).tools
     model_side = json.dumps([[tool.name, tool.description, tool.input_schema] for tool in tools], separators=(",", ":"))
-    assert len(model_side) < 3 * 1024, len(model_side)
+    assert len(model_side) < 3800, len(model_side)  # well under 5 KB, with processing options included
     whole = json.dumps(
         [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in tools], separators=(",", ":")
     )
-    assert len(whole) < 8 * 1024, len(whole)
+    assert len(whole) < 10 * 1024, len(whole)
     assert '"title":"Prompt"' not in whole
 
 
