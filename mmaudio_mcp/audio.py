@@ -271,13 +271,20 @@ def file_uri(path: Path) -> str:
     return path.resolve().as_uri()
 
 
+def part_file_for(dest: Path) -> tuple[int, Path]:
+    """Create the hidden temporary file a write to dest goes through (`.name.<random>.part`, beside it), readable
+    like any file the user makes (mkstemp alone would leave it private to this user); return its fd and path."""
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.fchmod(fd, 0o644)
+    return fd, Path(name)
+
+
 class _PartFile:
     """A hidden temporary file beside the destination that counts, hashes and keeps the head of what is written."""
 
     def __init__(self, dest: Path, max_bytes: int) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        self.path = Path(name)
+        fd, self.path = part_file_for(dest)
         self.file = os.fdopen(fd, "wb")
         self.max_bytes = max_bytes
         self.size = 0
@@ -423,6 +430,7 @@ __all__ = [
     "file_digest",
     "file_uri",
     "parse_wav",
+    "part_file_for",
     "read_wav_info",
     "remove_stale_parts",
     "save_wav",

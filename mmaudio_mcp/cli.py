@@ -138,6 +138,19 @@ def _add_generate(generate: argparse.ArgumentParser) -> None:
     generate.add_argument("--cfg-strength", type=float, default=4.5, help="1.0-10.0 (default 4.5)")
     generate.add_argument("--mask-away-clip", action="store_true")
     generate.add_argument("--wait-seconds", type=float, default=300.0, help="how long to wait (default 300)")
+    saving = generate.add_argument_group("saving into a project (processing is local, on the delivered WAV)")
+    saving.add_argument("--out", metavar="DIR", help="save a copy in DIR, inside the current directory")
+    saving.add_argument("--name", metavar="FILENAME", help="file name for the copy (suffix optional)")
+    saving.add_argument("--overwrite", action="store_true", help="replace an existing file of that name")
+    saving.add_argument("--format", choices=["wav", "flac", "ogg", "mp3"], default="wav", help="default wav")
+    saving.add_argument("--sample-rate", type=int, help="resample, e.g. 48000")
+    saving.add_argument("--channels", type=int, choices=[1, 2], help="1 mono, 2 stereo")
+    saving.add_argument(
+        "--normalize", nargs="?", type=float, const=-16.0, metavar="LUFS", help="loudness target (default -16)"
+    )
+    saving.add_argument("--trim-silence", action="store_true", help="trim leading and trailing silence")
+    saving.add_argument("--fade-ms", type=int, default=0, help="fade in and out (ms)")
+    saving.add_argument("--loop", action="store_true", help="make the clip loop seamlessly")
     _add_common(generate)
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
-from mmaudio_mcp.audio import sha256_of
+from mmaudio_mcp.audio import part_file_for, sha256_of
 from mmaudio_mcp.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -82,7 +81,7 @@ def _place_copy(source: Path, sha256: str, destination: Destination, name: str, 
 
 
 def _atomic_copy(source: Path, target: Path) -> None:
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    fd, temporary = part_file_for(target)
     try:
         with os.fdopen(fd, "wb") as out, source.open("rb") as data:
             shutil.copyfileobj(data, out, 1024 * 1024)

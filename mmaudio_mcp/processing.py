@@ -39,17 +39,17 @@ import contextlib
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeAlias, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mmaudio_mcp.audio import part_file_for
 from mmaudio_mcp.errors import InvalidArgumentError, InvalidAudioError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     import numpy as np
     from numpy.typing import NDArray
@@ -454,9 +454,8 @@ def _encode(part: Path, data: Audio, rate: int, fmt: AudioFormat) -> None:
 def _publish(dest: Path, write: Callable[[Path], object], options: ProcessOptions) -> ProcessedAudio:
     """Write through a hidden temporary file beside dest, measure it, make it durable and rename it onto dest."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    fd, part = part_file_for(dest)
     os.close(fd)
-    part = Path(name)
     try:
         write(part)
         facts = _measure(part, options)

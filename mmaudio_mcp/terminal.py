@@ -13,22 +13,24 @@ import shutil
 import sys
 from contextlib import asynccontextmanager
 from importlib.metadata import version
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
 from mmaudio_mcp import __version__
 from mmaudio_mcp.errors import JobFailedError
+from mmaudio_mcp.placement import resolve_destination
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import AsyncGenerator
-    from pathlib import Path
 
     from rich.console import Console
 
     from mmaudio_mcp.jobs import JobService
     from mmaudio_mcp.models import AudioJob, GenerationParams, JobRecord
+    from mmaudio_mcp.processing import ProcessOptions
     from mmaudio_mcp.schedule import PollPolicy
     from mmaudio_mcp.settings import Settings
 
@@ -92,8 +94,34 @@ def generate(args: argparse.Namespace, settings: Settings, params: GenerationPar
 
 
 async def _generate(args: argparse.Namespace, settings: Settings, params: GenerationParams) -> AudioJob:
-    async with job_service(args, settings) as jobs, _progress_bar(f"Submitting '{params.prompt[:40]}'") as show:
-        return await jobs.generate(params, wait_seconds=args.wait_seconds, progress=show)
+    options = processing_options(args)
+    # The working directory is the project: --out is taken inside it, as a host's workspace root would be.
+    # Checked before anything is paid for.
+    destination = resolve_destination(args.out, [Path.cwd()], settings.output_dir) if args.out else None
+    async with job_service(args, settings) as jobs:
+        async with _progress_bar(f"Submitting '{params.prompt[:40]}'") as show:
+            job = await jobs.generate(params, wait_seconds=args.wait_seconds, progress=show)
+        if job.file is None or (options.is_identity and not args.out and not args.name):
+            return job
+        return await jobs.download(
+            job.request_id, filename=args.name, options=options, destination=destination, overwrite=args.overwrite
+        )
+
+
+def processing_options(args: argparse.Namespace) -> ProcessOptions:
+    """The processing the command line asked for (none by default)."""
+    from mmaudio_mcp.processing import ProcessOptions
+
+    return ProcessOptions(
+        format=args.format,
+        sample_rate=args.sample_rate,
+        channels=args.channels,
+        normalize=args.normalize is not None,
+        target_lufs=args.normalize if args.normalize is not None else -16.0,
+        trim_silence=args.trim_silence,
+        fade_ms=args.fade_ms,
+        loop=args.loop,
+    )
 
 
 def status(args: argparse.Namespace, settings: Settings) -> int:

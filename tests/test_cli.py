@@ -14,7 +14,9 @@ from mmaudio_mcp.audio import read_wav_info
 from mmaudio_mcp.cli import main
 
 
-def run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     base = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path / "home")}
     base |= {"MMAUDIO_OUTPUT_DIR": str(tmp_path / "out"), "MMAUDIO_STATE_DIR": str(tmp_path / "state")}
     env = base | (env or {})
@@ -26,6 +28,7 @@ def run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> su
         timeout=60,
         stdin=subprocess.DEVNULL,
         check=False,
+        cwd=cwd,
     )
 
 
@@ -149,3 +152,26 @@ async def test_doctor_checks_the_set_up_and_prints_a_host_config(tmp_path: Path)
     failed = json.loads(keyless.stdout)
     assert keyless.returncode == 1
     assert [check["name"] for check in failed["checks"] if not check["ok"]] == ["API key"]
+
+
+def test_generate_saves_a_processed_file_into_the_project(tmp_path: Path) -> None:
+    """`generate ... --format ogg --normalize --loop --out assets/sfx/` writes a readable looping ogg in the project."""
+    import av
+
+    project = tmp_path / "game"
+    project.mkdir()
+    args = ("generate", "rain on a tin roof", "--duration", "3", "--sandbox", "--sandbox-speed", "0.02")
+    done = run_cli(tmp_path, *args, "--format", "ogg", "--normalize", "--loop", "--out", "assets/sfx/", cwd=project)
+    assert done.returncode == 0, done.stderr
+    path = Path(done.stdout.strip())
+    assert path.parent == project / "assets" / "sfx"
+    assert path.suffix == ".ogg"
+    assert path.stat().st_mode & 0o777 == 0o644
+    with av.open(str(path)) as container:
+        assert container.streams.audio[0].codec_context.name == "vorbis"
+    escape = run_cli(tmp_path, *args, "--out", "../elsewhere", cwd=project)
+    assert escape.returncode == 1
+    assert "outside" in escape.stderr
+    assert not (tmp_path / "elsewhere").exists()
+    listed = json.loads(run_cli(tmp_path, "jobs", "--sandbox", "--json").stdout)
+    assert len(listed) == 1, "a refused --out must be caught before a job is paid for"
