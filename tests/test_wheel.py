@@ -98,3 +98,25 @@ async def test_the_wheel_installs_into_an_empty_virtualenv_and_serves_over_stdio
     path = Path(result.structured_content["file"]["path"])
     assert path.is_relative_to(tmp_path / "out")
     assert path.read_bytes()[:4] == b"RIFF"
+
+
+@pytest.mark.timeout(300)
+def test_pipx_runs_the_server_straight_from_the_wheel(wheel: Path, tmp_path: Path) -> None:
+    """`pipx run --spec <wheel> mmaudio-mcp`, as the README documents, starts the real command."""
+    if shutil.which("pipx") is None and not (Path(sys.executable).parent / "pipx").exists():
+        pytest.fail("pipx is part of the test extra")
+    pipx = shutil.which("pipx") or str(Path(sys.executable).parent / "pipx")
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    env |= {"PIPX_HOME": str(tmp_path / "pipx"), "PIPX_BIN_DIR": str(tmp_path / "bin")}
+    done = subprocess.run(
+        [pipx, "run", "--spec", str(wheel), "mmaudio-mcp", "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=BUILD_TIMEOUT,
+        check=False,
+    )
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"mmaudio-mcp {version}"
