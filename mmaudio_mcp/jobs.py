@@ -68,6 +68,17 @@ def _now() -> datetime:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Bounds on what one job may cost in time and space, whatever the upstream does."""
+
+    http_timeout: float = 30.0
+    """Connect/read/write timeout of one request to Pixazo or its CDN."""
+    download_seconds: float = 120.0
+    """A whole media download, however slowly the CDN drips it."""
+    max_media_bytes: int = DEFAULT_MAX_BYTES
+
+
+@dataclass(frozen=True)
 class Caller:
     """Who is asking: by default the server's own Pixazo key; or a client that brings its own key, whose jobs are
     stored under a salted hash of it and visible to nobody else."""
@@ -88,14 +99,14 @@ class JobService:
         store: JobStore,
         output_dir: Path,
         *,
-        max_media_bytes: int = DEFAULT_MAX_BYTES,
+        limits: Limits | None = None,
         policy: PollPolicy | None = None,
         webhook_base: str | None = None,
     ) -> None:
         self._client = client
         self._store = store
         self._output_dir = output_dir
-        self._max_media_bytes = max_media_bytes
+        self._limits = limits or Limits()
         self._policy = policy or PollPolicy()
         self._webhook_base = webhook_base
         self._pollers = Pollers(self._step, self._expected, self._policy, webhooks=webhook_base is not None)
@@ -346,8 +357,13 @@ class JobService:
             self._output_checked = True
             if removed := await remove_stale_parts(self._output_dir):
                 logger.info("removed %d interrupted download(s) from %s", removed, self._output_dir)
-        async with self._client.stream_media(record.media_url, max_bytes=self._max_media_bytes) as chunks:
-            return await save_wav(chunks, dest, max_bytes=self._max_media_bytes)
+        cap, deadline = self._limits.max_media_bytes, self._limits.download_seconds
+        try:
+            with anyio.fail_after(deadline):
+                async with self._client.stream_media(record.media_url, max_bytes=cap) as chunks:
+                    return await save_wav(chunks, dest, max_bytes=cap)
+        except TimeoutError as exc:
+            raise MediaError(f"The audio download took longer than {deadline:g} s (the CDN is too slow).") from exc
 
     async def _variant(self, record: JobRecord, options: ProcessOptions) -> tuple[JobRecord, AudioFile]:
         """Return the processed variant, made once per job and options and reused while its checksum holds."""
@@ -497,13 +513,16 @@ async def open_job_service(
     http_transport: httpx2.AsyncBaseTransport | None = None,
     policy: PollPolicy | None = None,
     webhook_base: str | None = None,
+    limits: Limits | None = None,
 ) -> AsyncGenerator[JobService]:
     """Assemble the Pixazo client, the store and the service, and close them in order afterwards. The HTTP client
     and the database open on first use: a host that only lists tools pays for neither."""
-    client = PixazoClient(None, api_key, gateway_url, transport=http_transport)
+    limits = limits or Limits()
+    client = PixazoClient(None, api_key, gateway_url, transport=http_transport, timeout=limits.http_timeout)
     store = SqliteJobStore.in_folder(state_dir)
     try:
-        async with JobService(client, store, output_dir, policy=policy, webhook_base=webhook_base) as service:
+        service = JobService(client, store, output_dir, limits=limits, policy=policy, webhook_base=webhook_base)
+        async with service:
             yield service
     finally:
         with anyio.CancelScope(shield=True):
@@ -511,4 +530,4 @@ async def open_job_service(
             await client.aclose()
 
 
-__all__ = ["SERVER", "Caller", "JobService", "open_job_service"]
+__all__ = ["SERVER", "Caller", "JobService", "Limits", "open_job_service"]

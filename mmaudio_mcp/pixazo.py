@@ -57,9 +57,12 @@ _MISSING_KEY: Final = (
 )
 
 
-def new_http_client(transport: httpx2.AsyncBaseTransport | None = None) -> httpx2.AsyncClient:
+def new_http_client(
+    transport: httpx2.AsyncBaseTransport | None = None, timeout: float | None = None
+) -> httpx2.AsyncClient:
     """Build the one HTTP client (and connection pool) the server uses for its whole life."""
-    return httpx2.AsyncClient(transport=transport, timeout=DEFAULT_TIMEOUT, follow_redirects=False)
+    limit = DEFAULT_TIMEOUT if timeout is None else httpx2.Timeout(timeout, connect=min(timeout, 10.0))
+    return httpx2.AsyncClient(transport=transport, timeout=limit, follow_redirects=False)
 
 
 class PixazoClient:
@@ -76,8 +79,10 @@ class PixazoClient:
         base_url: str,
         *,
         transport: httpx2.AsyncBaseTransport | None = None,
+        timeout: float | None = None,
     ) -> None:
         self._given = http
+        self._timeout = timeout
         self._own: httpx2.AsyncClient | None = None
         self._transport = transport
         self._key = api_key
@@ -88,7 +93,7 @@ class PixazoClient:
         if self._given is not None:
             return self._given
         if self._own is None:
-            self._own = new_http_client(self._transport)
+            self._own = new_http_client(self._transport, self._timeout)
         return self._own
 
     async def aclose(self) -> None:

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 
 from mmaudio_mcp import __version__, prompts
 from mmaudio_mcp.errors import InvalidArgumentError, MmaudioError, UnknownJobError
-from mmaudio_mcp.jobs import Caller, JobService, open_job_service
+from mmaudio_mcp.jobs import Caller, JobService, Limits, open_job_service
 from mmaudio_mcp.models import REQUEST_ID_PATTERN, AudioJob, GenerationParams
 from mmaudio_mcp.placement import Destination, resolve_destination
 from mmaudio_mcp.processing import ProcessOptions
@@ -127,6 +127,7 @@ def build_server(
     *,
     http_transport: httpx2.AsyncBaseTransport | None = None,
     policy: PollPolicy | None = None,
+    limits: Limits | None = None,
 ) -> MCPServer[AppState]:
     """Assemble the server; nothing touches the network or disk until the lifespan starts."""
 
@@ -142,6 +143,7 @@ def build_server(
             output_dir=settings.output_dir,
             http_transport=http_transport,
             policy=policy,
+            limits=limits,
             webhook_base=settings.public_url if settings.transport != "stdio" else None,
         ) as jobs:
             live.state = AppState(jobs=jobs)
