@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx2
@@ -155,3 +156,52 @@ async def test_jobs_made_with_a_clients_own_key_are_invisible_to_other_keys(shar
     assert again.structured_content["file"] == made.structured_content["file"]
     database = b"".join(path.read_bytes() for path in settings.state_dir.glob("jobs.sqlite3*"))
     assert SANDBOX_API_KEY.encode() not in database
+
+
+async def test_the_key_and_the_token_appear_in_no_output_log_result_or_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under canary secrets, everything the server emits over HTTP (results, errors, logs at DEBUG, files,
+    the job store) is scanned: neither the Pixazo key nor the bearer token shows up anywhere."""
+    import logging
+    import secrets
+
+    from mmaudio_mcp.sandbox import Fault, FaultKind, SandboxConfig, create_sandbox
+    from mmaudio_mcp.settings import Settings
+
+    key, token = f"key-{secrets.token_hex(12)}", f"token-{secrets.token_hex(12)}"
+    sandbox = create_sandbox(SandboxConfig(api_key=key, speed=0.02))
+    caplog.set_level(logging.DEBUG)
+    settings = Settings(
+        _env_file=None,  # pyright: ignore[reportCallIssue]
+        api_key=key,
+        http_token=token,
+        output_dir=tmp_path / "out",
+        state_dir=tmp_path / "state",
+        transport="streamable-http",
+        gateway_url="http://127.0.0.1:1",
+    )
+    seen: list[str] = []
+    async with serve_on_loopback(sandbox.app) as gateway:
+        server = build_server(settings.model_copy(update={"gateway_url": gateway}), policy=POLICY)
+        app = http_app(server, Transport.STREAMABLE_HTTP, Exposure(token=token))
+        async with serve_on_loopback(app) as url, connect_with(url, Authorization=f"Bearer {token}") as client:
+            made = await client.call_tool("generate_audio", {"prompt": "rain", "duration": 2})
+            seen.append(made.model_dump_json())
+            for kind in (FaultKind.UNAUTHORIZED, FaultKind.INSUFFICIENT_BALANCE, FaultKind.SUBMIT_500):
+                sandbox.add_fault(Fault(kind, times=1))
+                seen.append(
+                    (await client.call_tool("generate_audio", {"prompt": "x", "duration": 2})).model_dump_json()
+                )
+            for uri in ("mmaudio://jobs", "mmaudio://jobs/unfinished"):
+                seen.append((await client.read_resource(uri)).model_dump_json())
+            async with httpx2.AsyncClient() as http:
+                seen.append((await http.post(f"{url}/mcp", json=INITIALIZE, headers=MCP_HEADERS)).text)
+                seen.append((await http.get(f"{url}/healthz")).text)
+    files = b"".join(path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
+    emitted = "\n".join(seen) + caplog.text
+    assert made.structured_content is not None
+    assert "401" in emitted
+    for secret in (key, token):
+        assert secret not in emitted
+        assert secret.encode() not in files
