@@ -9,8 +9,6 @@ import logging
 import secrets
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Final, Self
 from uuid import uuid4
 
@@ -18,42 +16,36 @@ import anyio
 from pydantic import SecretStr
 
 from mmaudio_mcp.audio import (
-    DEFAULT_MAX_BYTES,
-    audio_filename,
     checked_filename,
-    file_digest,
-    remove_stale_parts,
-    save_wav,
-    verify_file,
 )
 from mmaudio_mcp.errors import (
     ConfigurationError,
     InvalidArgumentError,
     JobFailedError,
     JobNotReadyError,
-    MediaError,
     MmaudioError,
     SubmissionUncertainError,
     UnknownJobError,
     UpstreamUnavailableError,
     unknown_job,
 )
-from mmaudio_mcp.models import AudioFile, AudioJob, JobError, JobRecord, JobStatus, is_valid_request_id
+from mmaudio_mcp.files import JobFiles, Limits, record_error
+from mmaudio_mcp.models import AudioJob, JobError, JobRecord, JobStatus, is_valid_request_id, utc_now
 from mmaudio_mcp.pixazo import PixazoClient
-from mmaudio_mcp.placement import Destination, place_copy, resolve_destination
 from mmaudio_mcp.polling import Pollers, elapsed_seconds
-from mmaudio_mcp.processing import process_file
 from mmaudio_mcp.schedule import PollPolicy, eta_seconds, expected_seconds, seconds_per_unit
 from mmaudio_mcp.store import SqliteJobStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable
+    from pathlib import Path
     from types import TracebackType
 
     import httpx2
 
     from mmaudio_mcp.models import GenerationParams, StatusReply
-    from mmaudio_mcp.processing import ProcessedAudio, ProcessOptions
+    from mmaudio_mcp.placement import Destination
+    from mmaudio_mcp.processing import ProcessOptions
     from mmaudio_mcp.store import JobStore
 
     ProgressCallback = Callable[[float, float | None, str], Awaitable[None]]
@@ -61,21 +53,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HISTORY_SIZE: Final = 50
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on what one job may cost in time and space, whatever the upstream does."""
-
-    http_timeout: float = 30.0
-    """Connect/read/write timeout of one request to Pixazo or its CDN."""
-    download_seconds: float = 120.0
-    """A whole media download, however slowly the CDN drips it."""
-    max_media_bytes: int = DEFAULT_MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -106,16 +83,14 @@ class JobService:
         self._client = client
         self._store = store
         self._output_dir = output_dir
-        self._limits = limits or Limits()
+        self._files = JobFiles(client, store, output_dir, limits or Limits(), self._refresh)
         self._policy = policy or PollPolicy()
         self._webhook_base = webhook_base
         self._pollers = Pollers(self._step, self._expected, self._policy, webhooks=webhook_base is not None)
         self._webhook_jobs: dict[str, str] = {}
         self._keys: dict[str, SecretStr] = {}  # owner hash -> key, in memory only, to poll for absent callers
-        self._file_locks: dict[str, anyio.Lock] = {}
         self._rate = self._policy.prior_seconds_per_unit
         self._rate_learned = False
-        self._output_checked = False
 
     async def __aenter__(self) -> Self:
         # Nothing touches disk or network here: start-up stays fast, and a host that only lists tools pays nothing.
@@ -170,7 +145,7 @@ class JobService:
             else:
                 record = await self._step(record)
         if record.status is JobStatus.COMPLETED and record.file is None:
-            record = await self._ensure_file(record)
+            record = await self._files.ensure(record)
         return self.view(record)
 
     @property
@@ -196,13 +171,13 @@ class JobService:
             record = await self._step(record)
         if record.status is not JobStatus.COMPLETED:
             raise _not_downloadable(self.view(record))
-        record = await self._ensure_file(record, verify=True)
+        record = await self._files.ensure(record, verify=True)
         assert record.file is not None
         file = record.file
         if options is not None and not options.is_identity:
-            record, file = await self._variant(record, options)
+            record, file = await self._files.variant(record, options)
         if filename is not None or destination is not None:
-            file = await self._place(file, destination, filename, overwrite=overwrite)
+            file = await self._files.place(file, destination, filename, overwrite=overwrite)
         return self.view(record).model_copy(update={"file": file})
 
     async def read_audio(self, request_id: str, *, caller: Caller = SERVER) -> bytes:
@@ -257,7 +232,7 @@ class JobService:
     # --- submit -----------------------------------------------------------------------------------------------------
 
     async def _submit(self, params: GenerationParams, caller: Caller) -> JobRecord:
-        now = _now()
+        now = utc_now()
         token = secrets.token_urlsafe(24) if self._webhook_base else None
         record = JobRecord(
             local_id=uuid4().hex,
@@ -272,12 +247,12 @@ class JobService:
         try:
             reply = await self._client.submit(params, webhook_url=webhook_url, api_key=caller.api_key)
         except (SubmissionUncertainError, UpstreamUnavailableError) as exc:
-            await self._store.save(_with_error(record, exc))
+            await self._store.save(record_error(record, exc))
             raise
         except MmaudioError as exc:
-            await self._store.save(_with_error(record, exc).model_copy(update={"status": JobStatus.REJECTED}))
+            await self._store.save(record_error(record, exc).model_copy(update={"status": JobStatus.REJECTED}))
             raise
-        now = _now()
+        now = utc_now()
         record = record.model_copy(
             update={"request_id": reply.request_id, "status": JobStatus.QUEUED, "submitted_at": now, "updated_at": now}
         )
@@ -295,7 +270,7 @@ class JobService:
         record = await self._apply(record, await self._status(record))
         if record.status is JobStatus.COMPLETED:
             with anyio.CancelScope(shield=True):  # a paid result is saved even if the last waiter leaves
-                record = await self._ensure_file(record)
+                record = await self._files.ensure(record)
         return record
 
     async def _apply(self, record: JobRecord, reply: StatusReply) -> JobRecord:
@@ -303,98 +278,24 @@ class JobService:
         media_url = reply.output.media_url[0] if reply.output and reply.output.media_url else record.media_url
         update: dict[str, object] = {"status": reply.status, "media_url": media_url}
         if reply.status.is_terminal:
-            update["completed_at"] = reply.completed_at or _now()
+            update["completed_at"] = reply.completed_at or utc_now()
             update["run_seconds"] = _run_seconds(record, reply)
         if reply.status in (JobStatus.FAILED, JobStatus.ERROR):
             update["error"] = _failure(reply)
         if all(getattr(record, key) == value for key, value in update.items()):
             return record
-        record = record.model_copy(update={**update, "updated_at": _now()})
+        record = record.model_copy(update={**update, "updated_at": utc_now()})
         with anyio.CancelScope(shield=True):
             await self._store.save(record)
         if record.status is JobStatus.COMPLETED:
             await self._learn_rate()
         return record
 
-    # --- files ------------------------------------------------------------------------------------------------------
-
-    async def _ensure_file(self, record: JobRecord, *, verify: bool = False) -> JobRecord:
-        """Download the audio once per job: concurrent callers wait for the first, later ones reuse the file."""
-        assert record.request_id is not None
-        lock = self._file_locks.setdefault(record.request_id, anyio.Lock())
-        async with lock:
-            record = await self._store.get(record.request_id) or record
-            if record.file is not None and (
-                not verify or await verify_file(Path(record.file.path), record.file.sha256)
-            ):
-                return record
-            try:
-                file = await self._fetch(record)
-            except MediaError as exc:
-                await self._store.save(_with_error(record, exc))
-                raise type(exc)(
-                    f"Job {record.request_id} completed, but its audio could not be saved: {exc.message} "
-                    f'Call download_audio(request_id="{record.request_id}") to try again.'
-                ) from exc
-            record = record.model_copy(update={"file": file, "error": None, "updated_at": _now()})
-            await self._store.save(record)
-            return record
-
-    async def _fetch(self, record: JobRecord) -> AudioFile:
-        """Download the media, asking Pixazo once for a fresh URL if the stored one fails."""
-        try:
-            return await self._download(record)
-        except MediaError:
-            refreshed = await self._apply(record, await self._status(record))
-            return await self._download(refreshed)
-
-    async def _download(self, record: JobRecord) -> AudioFile:
-        if not record.media_url:
-            raise MediaError("Pixazo reported the job complete but gave no media URL; try download_audio again.")
-        prompt = record.params.prompt if record.params else ""
-        dest = self._output_dir / audio_filename(prompt, record.request_id or record.local_id)
-        if not self._output_checked:
-            self._output_checked = True
-            if removed := await remove_stale_parts(self._output_dir):
-                logger.info("removed %d interrupted download(s) from %s", removed, self._output_dir)
-        cap, deadline = self._limits.max_media_bytes, self._limits.download_seconds
-        try:
-            with anyio.fail_after(deadline):
-                async with self._client.stream_media(record.media_url, max_bytes=cap) as chunks:
-                    return await save_wav(chunks, dest, max_bytes=cap)
-        except TimeoutError as exc:
-            raise MediaError(f"The audio download took longer than {deadline:g} s (the CDN is too slow).") from exc
-
-    async def _variant(self, record: JobRecord, options: ProcessOptions) -> tuple[JobRecord, AudioFile]:
-        """Return the processed variant, made once per job and options and reused while its checksum holds."""
-        assert record.request_id is not None
-        key = options.variant_key()
-        async with self._file_locks.setdefault(record.request_id, anyio.Lock()):
-            record = await self._store.get(record.request_id) or record
-            cached = record.variants.get(key)
-            if cached is not None and await verify_file(Path(cached.path), cached.sha256):
-                return record, cached
-            assert record.file is not None
-            source = Path(record.file.path)
-            dest = source.with_name(f"{source.stem}-{key}.{options.format}")
-            processed = await anyio.to_thread.run_sync(process_file, source, dest, options)
-            file = await _described(processed)
-            record = record.model_copy(update={"variants": {**record.variants, key: file}, "updated_at": _now()})
-            await self._store.save(record)
-            return record, file
-
-    async def _place(
-        self, file: AudioFile, destination: Destination | None, filename: str | None, *, overwrite: bool
-    ) -> AudioFile:
-        """Copy the file into the destination folder (the output folder by default) under its name or `filename`."""
-        destination = destination or resolve_destination(None, (), self._output_dir)
-        name = checked_filename(filename, file.format) if filename else Path(file.path).name
-        target = await place_copy(Path(file.path), file.sha256, destination, name, overwrite=overwrite)
-        return file.model_copy(
-            update={"path": str(target), "uri": target.as_uri(), "relative_path": destination.relative(target)}
-        )
-
     # --- lookups and estimates --------------------------------------------------------------------------------------
+
+    async def _refresh(self, record: JobRecord) -> JobRecord:
+        """Re-read the job's status from Pixazo (a fresh media URL, when the stored one failed)."""
+        return await self._apply(record, await self._status(record))
 
     async def _status(self, record: JobRecord) -> StatusReply:
         """Ask Pixazo about a job with the key it was made with."""
@@ -418,7 +319,7 @@ class JobService:
             if record.owner != caller.owner:
                 raise unknown_job(request_id)  # another key's job: exactly as if it did not exist
             return record
-        now = _now()
+        now = utc_now()
         adopted = JobRecord(
             local_id=uuid4().hex,
             request_id=request_id,
@@ -443,27 +344,6 @@ class JobService:
             await self._learn_rate()
 
 
-_SAMPLE_FORMATS: Final = {"wav": "float32", "flac": "pcm24", "ogg": "vorbis", "mp3": "mp3"}
-
-
-async def _described(processed: ProcessedAudio) -> AudioFile:
-    """Describe a processed file the way downloads are described (with its checksum, for the cache)."""
-    sha256, size = await file_digest(processed.path)
-    return AudioFile(
-        path=str(processed.path),
-        uri=processed.path.as_uri(),
-        bytes=size,
-        sha256=sha256,
-        sample_rate=processed.sample_rate,
-        channels=processed.channels,
-        sample_format=_SAMPLE_FORMATS[processed.format],
-        duration_seconds=round(processed.duration_seconds, 3),
-        format=processed.format,
-        loudness_lufs=round(processed.loudness_lufs, 1) if processed.loudness_lufs is not None else None,
-        loop_seconds=round(processed.loop_seconds, 3) if processed.loop_seconds is not None else None,
-    )
-
-
 def _run_seconds(record: JobRecord, reply: StatusReply) -> float | None:
     if reply.created_at and reply.completed_at:
         return max((reply.completed_at - reply.created_at).total_seconds(), 0.0)
@@ -475,11 +355,6 @@ def _failure(reply: StatusReply) -> JobError:
     if reply.status is JobStatus.ERROR:
         return JobError(kind="job_error", message=f"Pixazo hit a system error: {detail}. You were not charged.")
     return JobError(kind="job_failed", message=f"The generation failed at Pixazo: {detail}.")
-
-
-def _with_error(record: JobRecord, exc: MmaudioError) -> JobRecord:
-    error = JobError(kind=exc.kind, message=exc.message, retryable=exc.retryable)
-    return record.model_copy(update={"error": error, "updated_at": _now()})
 
 
 def _not_downloadable(job: AudioJob) -> MmaudioError:

@@ -32,6 +32,11 @@ class JobStatus(StrEnum):
         return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ERROR, JobStatus.REJECTED)
 
 
+def utc_now() -> datetime:
+    """The current time, in UTC (every stored timestamp is)."""
+    return datetime.now(UTC)
+
+
 def is_valid_request_id(value: str) -> bool:
     """Tell whether a string can be a Pixazo request_id (and is safe in a URL path and a file name)."""
     return bool(_REQUEST_ID_RE.fullmatch(value)) and ".." not in value
@@ -181,4 +186,5 @@ __all__ = [
     "StatusReply",
     "SubmitReply",
     "is_valid_request_id",
+    "utc_now",
 ]

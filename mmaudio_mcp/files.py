@@ -1,0 +1,175 @@
+"""The audio of finished jobs on disk: downloaded once, checked, processed into cached variants, copied where asked.
+
+Every write goes through a temporary file and a rename; concurrent callers for one job share one download.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import anyio
+import anyio.to_thread
+
+from mmaudio_mcp.audio import (
+    DEFAULT_MAX_BYTES,
+    audio_filename,
+    checked_filename,
+    file_digest,
+    remove_stale_parts,
+    save_wav,
+    verify_file,
+)
+from mmaudio_mcp.errors import MediaError
+from mmaudio_mcp.models import AudioFile, JobError, JobRecord, utc_now
+from mmaudio_mcp.placement import Destination, place_copy, resolve_destination
+from mmaudio_mcp.processing import process_file
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from mmaudio_mcp.errors import MmaudioError
+    from mmaudio_mcp.pixazo import PixazoClient
+    from mmaudio_mcp.processing import ProcessedAudio, ProcessOptions
+    from mmaudio_mcp.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one job may cost in time and space, whatever the upstream does."""
+
+    http_timeout: float = 30.0
+    """Connect/read/write timeout of one request to Pixazo or its CDN."""
+    download_seconds: float = 120.0
+    """A whole media download, however slowly the CDN drips it."""
+    max_media_bytes: int = DEFAULT_MAX_BYTES
+
+
+class JobFiles:
+    """Files for the jobs in one output folder."""
+
+    def __init__(
+        self,
+        client: PixazoClient,
+        store: JobStore,
+        output_dir: Path,
+        limits: Limits,
+        refresh: Callable[[JobRecord], Awaitable[JobRecord]],
+    ) -> None:
+        """`refresh` re-reads a job's status from Pixazo (for a fresh media URL when the stored one fails)."""
+        self._client = client
+        self._store = store
+        self._output_dir = output_dir
+        self._limits = limits
+        self._refresh = refresh
+        self._locks: dict[str, anyio.Lock] = {}
+        self._output_checked = False
+
+    async def ensure(self, record: JobRecord, *, verify: bool = False) -> JobRecord:
+        """Download the audio once per job: concurrent callers wait for the first, later ones reuse the file."""
+        assert record.request_id is not None
+        lock = self._locks.setdefault(record.request_id, anyio.Lock())
+        async with lock:
+            record = await self._store.get(record.request_id) or record
+            if record.file is not None and (
+                not verify or await verify_file(Path(record.file.path), record.file.sha256)
+            ):
+                return record
+            try:
+                file = await self._fetch(record)
+            except MediaError as exc:
+                await self._store.save(record_error(record, exc))
+                raise type(exc)(
+                    f"Job {record.request_id} completed, but its audio could not be saved: {exc.message} "
+                    f'Call download_audio(request_id="{record.request_id}") to try again.'
+                ) from exc
+            record = record.model_copy(update={"file": file, "error": None, "updated_at": utc_now()})
+            await self._store.save(record)
+            return record
+
+    async def _fetch(self, record: JobRecord) -> AudioFile:
+        """Download the media, asking Pixazo once for a fresh URL if the stored one fails."""
+        try:
+            return await self._download(record)
+        except MediaError:
+            return await self._download(await self._refresh(record))
+
+    async def _download(self, record: JobRecord) -> AudioFile:
+        if not record.media_url:
+            raise MediaError("Pixazo reported the job complete but gave no media URL; try download_audio again.")
+        prompt = record.params.prompt if record.params else ""
+        dest = self._output_dir / audio_filename(prompt, record.request_id or record.local_id)
+        if not self._output_checked:
+            self._output_checked = True
+            if removed := await remove_stale_parts(self._output_dir):
+                logger.info("removed %d interrupted download(s) from %s", removed, self._output_dir)
+        cap, deadline = self._limits.max_media_bytes, self._limits.download_seconds
+        try:
+            with anyio.fail_after(deadline):
+                async with self._client.stream_media(record.media_url, max_bytes=cap) as chunks:
+                    return await save_wav(chunks, dest, max_bytes=cap)
+        except TimeoutError as exc:
+            raise MediaError(f"The audio download took longer than {deadline:g} s (the CDN is too slow).") from exc
+
+    async def variant(self, record: JobRecord, options: ProcessOptions) -> tuple[JobRecord, AudioFile]:
+        """Return the processed variant, made once per job and options and reused while its checksum holds."""
+        assert record.request_id is not None
+        key = options.variant_key()
+        async with self._locks.setdefault(record.request_id, anyio.Lock()):
+            record = await self._store.get(record.request_id) or record
+            cached = record.variants.get(key)
+            if cached is not None and await verify_file(Path(cached.path), cached.sha256):
+                return record, cached
+            assert record.file is not None
+            source = Path(record.file.path)
+            dest = source.with_name(f"{source.stem}-{key}.{options.format}")
+            processed = await anyio.to_thread.run_sync(process_file, source, dest, options)
+            file = await _described(processed)
+            record = record.model_copy(update={"variants": {**record.variants, key: file}, "updated_at": utc_now()})
+            await self._store.save(record)
+            return record, file
+
+    async def place(
+        self, file: AudioFile, destination: Destination | None, filename: str | None, *, overwrite: bool
+    ) -> AudioFile:
+        """Copy the file into the destination folder (the output folder by default) under its name or `filename`."""
+        destination = destination or resolve_destination(None, (), self._output_dir)
+        name = checked_filename(filename, file.format) if filename else Path(file.path).name
+        target = await place_copy(Path(file.path), file.sha256, destination, name, overwrite=overwrite)
+        return file.model_copy(
+            update={"path": str(target), "uri": target.as_uri(), "relative_path": destination.relative(target)}
+        )
+
+
+_SAMPLE_FORMATS: Final = {"wav": "float32", "flac": "pcm24", "ogg": "vorbis", "mp3": "mp3"}
+
+
+async def _described(processed: ProcessedAudio) -> AudioFile:
+    """Describe a processed file the way downloads are described (with its checksum, for the cache)."""
+    sha256, size = await file_digest(processed.path)
+    return AudioFile(
+        path=str(processed.path),
+        uri=processed.path.as_uri(),
+        bytes=size,
+        sha256=sha256,
+        sample_rate=processed.sample_rate,
+        channels=processed.channels,
+        sample_format=_SAMPLE_FORMATS[processed.format],
+        duration_seconds=round(processed.duration_seconds, 3),
+        format=processed.format,
+        loudness_lufs=round(processed.loudness_lufs, 1) if processed.loudness_lufs is not None else None,
+        loop_seconds=round(processed.loop_seconds, 3) if processed.loop_seconds is not None else None,
+    )
+
+
+def record_error(record: JobRecord, exc: MmaudioError) -> JobRecord:
+    """The record with this failure noted in it (kind, message, whether trying again can help)."""
+    error = JobError(kind=exc.kind, message=exc.message, retryable=exc.retryable)
+    return record.model_copy(update={"error": error, "updated_at": utc_now()})
+
+
+__all__ = ["JobFiles", "Limits", "record_error"]
