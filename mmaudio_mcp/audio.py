@@ -290,9 +290,11 @@ class _PartFile:
         self.size = 0
         self.head = bytearray()
         self.digest = hashlib.sha256()
+        self.pending = bytearray()
 
     async def write(self, chunk: bytes) -> None:
-        """Count a chunk against the cap, then hash and write it in a worker thread."""
+        """Count a chunk against the cap; hash and write in a worker thread once about 1 MiB has gathered (one
+        thread hop per network chunk would cost more than the disk)."""
         self.size += len(chunk)
         if self.size > self.max_bytes:
             raise MediaTooLargeError(
@@ -301,15 +303,19 @@ class _PartFile:
             )
         if len(self.head) < _HEAD_BYTES:
             self.head += chunk[: _HEAD_BYTES - len(self.head)]
-        await anyio.to_thread.run_sync(self._hash_and_write, chunk)
+        self.pending += chunk
+        if len(self.pending) >= _BLOCK_BYTES:
+            await anyio.to_thread.run_sync(self._flush_pending)
 
-    def _hash_and_write(self, chunk: bytes) -> None:
-        """Hash a chunk and append it to the file."""
-        self.digest.update(chunk)
-        self.file.write(chunk)
+    def _flush_pending(self) -> None:
+        """Hash the gathered bytes and append them to the file."""
+        self.digest.update(self.pending)
+        self.file.write(self.pending)
+        self.pending.clear()
 
     def commit(self, dest: Path) -> tuple[Path, WavInfo]:
         """Finish the file, check it is a usable WAV and rename it onto dest; return dest resolved."""
+        self._flush_pending()
         self.file.flush()
         # Durable before the rename, so a crash cannot leave dest renamed but empty.
         os.fsync(self.file.fileno())

@@ -55,19 +55,24 @@ def expected_seconds(params: GenerationParams | None, rate: float, policy: PollP
 
 
 def next_poll_delay(elapsed: float, expected: float, policy: PollPolicy) -> float:
-    """Wait until the expected end, then poll often, backing off gently if the estimate was too low."""
+    """Wait until the expected end, then poll often, backing off gently if the estimate was too low.
+
+    The back-off grows with how overdue the job is, up to a ceiling that scales with the job's length: a 2-minute
+    job that runs late is not polled every 5 s."""
     remaining = expected - elapsed
     if remaining > policy.floor:
         return min(remaining, policy.first_poll_cap)
     overdue = -remaining
-    return min(max(policy.floor, policy.floor + 0.2 * overdue), policy.ceiling)
+    ceiling = max(policy.ceiling, 0.1 * expected)
+    return min(max(policy.floor, policy.floor + 0.2 * overdue), ceiling)
 
 
 def fallback_poll_delay(elapsed: float, expected: float, policy: PollPolicy) -> float:
-    """With webhooks, polls are only a safety net: one well after the expected end, then rarely."""
+    """With webhooks, polls are only a safety net: one well after the expected end, then rarely. (No early cap:
+    the callback reports failures as well as completions.)"""
     safety_net = expected * 1.25 + policy.ceiling
     remaining = safety_net - elapsed
-    return min(remaining, policy.first_poll_cap) if remaining > policy.floor else 3 * policy.ceiling
+    return remaining if remaining > policy.floor else max(3 * policy.ceiling, 0.25 * expected)
 
 
 def eta_seconds(elapsed: float, expected: float) -> float:
