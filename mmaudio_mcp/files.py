@@ -6,6 +6,7 @@ Every write goes through a temporary file and a rename; concurrent callers for o
 from __future__ import annotations
 
 import logging
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -28,7 +29,7 @@ from mmaudio_mcp.placement import Destination, place_copy, resolve_destination
 from mmaudio_mcp.processing import process_file
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncGenerator, Awaitable, Callable
 
     from mmaudio_mcp.errors import MmaudioError
     from mmaudio_mcp.pixazo import PixazoClient
@@ -69,11 +70,22 @@ class JobFiles:
         self._locks: dict[str, anyio.Lock] = {}
         self._output_checked = False
 
+    @asynccontextmanager
+    async def _job_lock(self, request_id: str) -> AsyncGenerator[None]:
+        """One writer per job at a time; the lock is dropped once nobody holds or awaits it (a long-running server
+        sees many jobs)."""
+        lock = self._locks.setdefault(request_id, anyio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._locks.pop(request_id, None)
+
     async def ensure(self, record: JobRecord, *, verify: bool = False) -> JobRecord:
         """Download the audio once per job: concurrent callers wait for the first, later ones reuse the file."""
         assert record.request_id is not None
-        lock = self._locks.setdefault(record.request_id, anyio.Lock())
-        async with lock:
+        async with self._job_lock(record.request_id):
             record = await self._store.get(record.request_id) or record
             if record.file is not None and (
                 not verify or await verify_file(Path(record.file.path), record.file.sha256)
@@ -119,7 +131,7 @@ class JobFiles:
         """Return the processed variant, made once per job and options and reused while its checksum holds."""
         assert record.request_id is not None
         key = options.variant_key()
-        async with self._locks.setdefault(record.request_id, anyio.Lock()):
+        async with self._job_lock(record.request_id):
             record = await self._store.get(record.request_id) or record
             cached = record.variants.get(key)
             if cached is not None and await verify_file(Path(cached.path), cached.sha256):

@@ -81,3 +81,25 @@ async def test_a_submit_that_times_out_after_sending_is_reported_and_not_resent(
     assert "may be billed" in " ".join(getattr(block, "text", "") for block in result.content)
     assert jobs[0]["status"] == "SUBMITTING"
     assert "not resent" in str(jobs[0]["error"])
+
+
+async def test_per_job_locks_do_not_pile_up_in_a_long_running_server(
+    settings: Settings, transport: httpx2.ASGITransport
+) -> None:
+    """The lock that serialises one job's downloads is dropped once its files are settled."""
+    from mmaudio_mcp.jobs import open_job_service
+    from mmaudio_mcp.models import GenerationParams
+
+    async with open_job_service(
+        api_key=settings.api_key,
+        gateway_url=settings.gateway_url,
+        state_dir=settings.state_dir,
+        output_dir=settings.output_dir,
+        http_transport=transport,
+        policy=POLICY,
+    ) as jobs:
+        for _ in range(3):
+            job = await jobs.generate(GenerationParams(prompt="rain", duration=2), wait_seconds=10)
+            await jobs.download(job.request_id)
+        assert job.file is not None
+        assert jobs._files._locks == {}  # pyright: ignore[reportPrivateUsage]
