@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import base64
+import logging
+from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
+import anyio.to_thread
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import AudioContent, CallToolResult, ContentBlock, ResourceLink, TextContent
 
 from mmaudio_mcp.models import JobStatus
+from mmaudio_mcp.player import AUDIO_META_KEY, CHUNK_CAP, PEAKS_META_KEY, wav_peaks
 
 if TYPE_CHECKING:
-    from mmaudio_mcp.models import AudioJob, JobRecord
+    from mmaudio_mcp.models import AudioFile, AudioJob, JobRecord
+
+logger = logging.getLogger(__name__)
 
 INLINE_AUDIO_LIMIT: Final = 600 * 1024
 """Raw bytes we inline: base64 grows them by a third, and the SDK's HTTP clients refuse messages over 1 MiB."""
@@ -113,6 +120,33 @@ async def with_inline_audio(result: CallToolResult, job: AudioJob) -> CallToolRe
     return result
 
 
+async def with_player(result: CallToolResult, job: AudioJob, delivered: AudioFile | None = None) -> CallToolResult:
+    """Add what the player view needs to a finished job's result, in `_meta` (models do not pay for it): the
+    waveform peaks of the delivered WAV (`delivered`, else the job's file) and how to read its bytes."""
+    file = delivered or job.file
+    if file is None:
+        return result
+    meta = dict(result.meta or {})
+    meta[AUDIO_META_KEY] = {
+        "uri": f"audio://{job.request_id}",
+        "bytes": file.bytes,
+        "duration_seconds": file.duration_seconds,
+        "chunk_bytes": CHUNK_CAP,
+    }
+    try:
+        meta[PEAKS_META_KEY] = list(await anyio.to_thread.run_sync(_cached_peaks, file.path, file.sha256))
+    except (OSError, RuntimeError, ValueError) as exc:  # the text result stands without a waveform
+        logger.warning("no waveform peaks for %s: %s", file.path, exc)
+    result.meta = meta
+    return result
+
+
+@lru_cache(maxsize=64)
+def _cached_peaks(path: str, sha256: str) -> tuple[float, ...]:
+    del sha256  # part of the cache key only: a changed file has new peaks
+    return tuple(wav_peaks(Path(path)))
+
+
 def job_listing(record: JobRecord) -> dict[str, object]:
     entry: dict[str, object] = {
         "request_id": record.request_id,
@@ -128,4 +162,12 @@ def job_listing(record: JobRecord) -> dict[str, object]:
     return entry
 
 
-__all__ = ["INLINE_AUDIO_LIMIT", "compact_schema", "job_listing", "summary", "tool_result", "with_inline_audio"]
+__all__ = [
+    "INLINE_AUDIO_LIMIT",
+    "compact_schema",
+    "job_listing",
+    "summary",
+    "tool_result",
+    "with_inline_audio",
+    "with_player",
+]

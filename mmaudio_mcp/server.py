@@ -16,6 +16,7 @@ from urllib.request import url2pathname
 import anyio
 from mcp import MCPDeprecationWarning, MCPError
 from mcp.server import MCPServer
+from mcp.server.apps import Apps, ResourceCsp
 from mcp.server.mcpserver import Context  # noqa: TC002 (the SDK reads tool annotations at runtime)
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.mcpserver.tools import Tool
@@ -29,8 +30,9 @@ from mmaudio_mcp.errors import InvalidArgumentError, MmaudioError, UnknownJobErr
 from mmaudio_mcp.jobs import Caller, JobService, Limits, open_job_service
 from mmaudio_mcp.models import REQUEST_ID_PATTERN, AudioJob, GenerationParams
 from mmaudio_mcp.placement import Destination, resolve_destination
+from mmaudio_mcp.player import CHUNK_CAP, PLAYER_URI, player_html, read_chunk
 from mmaudio_mcp.processing import ProcessOptions
-from mmaudio_mcp.results import compact_schema, job_listing, tool_result, with_inline_audio
+from mmaudio_mcp.results import compact_schema, job_listing, tool_result, with_inline_audio, with_player
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -161,11 +163,27 @@ def build_server(
         lifespan=lifespan,
         log_level="WARNING",
         tools=_tools(settings.wait_seconds),
+        extensions=[_player_app()],
     )
     _add_resources(server, live)
     _add_routes(server, live)
     _add_prompts(server)
     return server
+
+
+def _player_app() -> Apps:
+    """The MCP Apps view the three tools link to (hosts without MCP Apps just show the text result)."""
+    apps = Apps()
+    apps.add_html_resource(
+        PLAYER_URI,
+        player_html(),
+        name="player",
+        title="Audio player",
+        description="Plays a job's audio with its waveform.",
+        csp=ResourceCsp(),  # the spec's default: inline code only, media from data: URLs
+        prefers_border=True,
+    )
+    return apps
 
 
 def _add_prompts(server: MCPServer[AppState]) -> None:
@@ -207,7 +225,7 @@ def _tools(default_wait: float) -> list[Tool]:
         job = await _call(jobs.generate(params, wait_seconds=wait_seconds, progress=_progress(ctx), caller=caller))
         if destination is not None and job.file is not None:
             job = await _call(jobs.download(job.request_id, caller=caller, destination=destination))
-        return tool_result(job)
+        return await with_player(tool_result(job), job)
 
     async def check_status(
         ctx: Context[AppState],
@@ -217,7 +235,8 @@ def _tools(default_wait: float) -> list[Tool]:
         """Report a generate_audio job; when it is complete, its WAV is saved (finished jobs are answered locally)."""
         jobs, caller = await _jobs_for(ctx)
         work = jobs.check(request_id, wait_seconds=wait_seconds, progress=_progress(ctx), caller=caller)
-        return tool_result(await _call(work))
+        job = await _call(work)
+        return await with_player(tool_result(job), job)
 
     async def download_audio(
         ctx: Context[AppState],
@@ -259,25 +278,39 @@ def _tools(default_wait: float) -> list[Tool]:
             overwrite=overwrite,
         )
         job = await _call(work)
-        return await with_inline_audio(tool_result(job), job) if include_audio else tool_result(job)
+        result = await with_inline_audio(tool_result(job), job) if include_audio else tool_result(job)
+        delivered = (await _call(jobs.check(request_id, caller=caller))).file  # the WAV the player plays
+        return await with_player(result, job, delivered)
 
+    player = {"resourceUri": PLAYER_URI}
     return [
-        _tool(generate_audio, "Generate audio", idempotent=False),
-        _tool(check_status, "Check an audio job", idempotent=True),
+        _tool(generate_audio, "Generate audio", idempotent=False, ui=player),
+        _tool(check_status, "Check an audio job", idempotent=True, ui=player),
         # destructive: with overwrite=true it replaces a file in the user's project.
-        _tool(download_audio, "Save generated audio", idempotent=True, destructive=True),
+        _tool(download_audio, "Save generated audio", idempotent=True, destructive=True, ui=player),
     ]
 
 
 def _tool(
-    fn: Callable[..., Awaitable[CallToolResult]], title: str, *, idempotent: bool, destructive: bool = False
+    fn: Callable[..., Awaitable[CallToolResult]],
+    title: str,
+    *,
+    idempotent: bool,
+    destructive: bool = False,
+    ui: dict[str, Any] | None = None,
 ) -> Tool:
-    """Register a tool with honest hints and schemas trimmed to what a model needs (it pays for every token)."""
+    """Register a tool with honest hints and schemas trimmed to what a model needs (it pays for every token);
+    `ui` links it to an MCP Apps view (`_meta.ui`)."""
     hints = ToolAnnotations(
         read_only_hint=False, destructive_hint=destructive, idempotent_hint=idempotent, open_world_hint=True
     )
     tool = Tool.from_function(
-        fn, title=title, description=inspect.cleandoc(fn.__doc__ or ""), annotations=hints, structured_output=True
+        fn,
+        title=title,
+        description=inspect.cleandoc(fn.__doc__ or ""),
+        annotations=hints,
+        structured_output=True,
+        meta={"ui": ui} if ui else None,
     )
     tool.parameters = compact_schema(tool.parameters)
     tool.fn_metadata.output_schema = compact_schema(tool.fn_metadata.output_schema or {}, for_output=True)
@@ -289,13 +322,26 @@ def _add_resources(server: MCPServer[AppState], live: _Live) -> None:
         "audio://{request_id}", name="audio", title="Generated audio", mime_type="audio/wav", description="A WAV file."
     )
     async def audio(request_id: str, ctx: Context[AppState]) -> bytes:
-        try:
-            jobs, caller = await _jobs_for(ctx)
-            return await jobs.read_audio(request_id, caller=caller)
-        except (UnknownJobError, InvalidArgumentError) as exc:
-            raise ResourceNotFoundError(exc.message) from exc
-        except MmaudioError as exc:
-            raise ResourceError(exc.message) from exc
+        jobs, caller = await _jobs_for(ctx)
+        return await _resource_call(jobs.read_audio(request_id, caller=caller))
+
+    @server.resource(
+        "audio://{request_id}/chunks/{index}",
+        name="audio-chunk",
+        title="Part of generated audio",
+        mime_type="application/octet-stream",
+        description=f"Bytes index*{CHUNK_CAP} to (index+1)*{CHUNK_CAP} of audio://{{request_id}} (for the player).",
+    )
+    async def audio_chunk(request_id: str, index: str, ctx: Context[AppState]) -> bytes:
+        if not index.isdigit() or len(index) > 6:
+            raise ResourceNotFoundError(f"No chunk {index!r}: chunks are numbered 0, 1, 2...")
+        jobs, caller = await _jobs_for(ctx)
+        job = await _resource_call(jobs.download(request_id, caller=caller))
+        assert job.file is not None
+        data, size = await anyio.to_thread.run_sync(read_chunk, Path(job.file.path), int(index) * CHUNK_CAP, CHUNK_CAP)
+        if not data and size:
+            raise ResourceNotFoundError(f"No chunk {index}: the file has {-(-size // CHUNK_CAP)} chunk(s).")
+        return data
 
     @server.resource(
         "mmaudio://jobs",
@@ -387,6 +433,16 @@ def _progress(ctx: Context[AppState]) -> Callable[[float, float | None, str], Aw
         await ctx.report_progress(progress, total, message)
 
     return report
+
+
+async def _resource_call(work: Awaitable[_T]) -> _T:
+    """Run domain work for a resource read, turning our typed errors into resource errors."""
+    try:
+        return await work
+    except (UnknownJobError, InvalidArgumentError) as exc:
+        raise ResourceNotFoundError(exc.message) from exc
+    except MmaudioError as exc:
+        raise ResourceError(exc.message) from exc
 
 
 async def _call(work: Awaitable[_T]) -> _T:
