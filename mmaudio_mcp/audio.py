@@ -62,7 +62,12 @@ _NAME_RULES: tuple[tuple[Callable[[str], bool], str], ...] = (
     (lambda name: "/" in name or "\\" in name, "contains a path separator (/ or \\)"),
     (lambda name: ".." in name, "contains '..'"),
     (lambda name: name.startswith("."), "starts with a dot"),
-    (lambda name: any(ord(c) < 32 or ord(c) == 127 for c in name), "contains a control character"),
+    (
+        # Cc: C0/C1 controls and DEL; Cf: invisible format characters such as bidi overrides, which can make
+        # 'evil\u202egnp.wav' look like 'evilvaw.png' in a file browser.
+        lambda name: any(unicodedata.category(c) in ("Cc", "Cf") for c in name),
+        "contains a control or invisible formatting character",
+    ),
     (lambda name: not _WINDOWS_FORBIDDEN.isdisjoint(name), 'contains a character Windows forbids (<>:"|?*)'),
     (lambda name: name.endswith((".", " ")), "ends with a dot or a space"),
     (

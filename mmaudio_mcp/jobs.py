@@ -108,6 +108,8 @@ class JobService:
         """The caller for a request that may carry its own Pixazo key."""
         if not api_key:
             return SERVER
+        if not api_key.isascii() or not api_key.isprintable():
+            raise InvalidArgumentError("The X-Pixazo-Api-Key header holds characters no Pixazo key has; check it.")
         owner = await self._store.owner_of(api_key)
         self._keys[owner] = SecretStr(api_key)
         return Caller(SecretStr(api_key), owner)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -73,7 +74,9 @@ class GenerationParams(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
+        # Controls, invisible format characters and spaces say nothing to the model: a prompt of only those would
+        # be paid for and produce noise.
+        if not any(unicodedata.category(c)[0] not in "CZ" for c in value):
             raise ValueError("the prompt is blank: describe the sound to generate")
         return value.strip()
 

@@ -176,7 +176,10 @@ class PixazoClient:
         self.require_key(api_key)
         key = api_key or self._key
         assert key is not None
-        return {KEY_HEADER: key.get_secret_value(), "Cache-Control": "no-cache"}
+        value = key.get_secret_value()
+        if not value.isascii() or not value.isprintable():
+            raise ConfigurationError("The Pixazo API key holds characters no key has; check PIXAZO_API_KEY.")
+        return {KEY_HEADER: value, "Cache-Control": "no-cache"}
 
     async def _open_media(self, url: str) -> httpx2.Response:
         # A remote gateway's media lives on the public internet: refuse URLs (or redirects) that lead to this

@@ -21,7 +21,7 @@ from mcp.server.mcpserver import Context  # noqa: TC002 (the SDK reads tool anno
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.types import CallToolResult, ToolAnnotations
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request  # noqa: TC002 (route signatures are read at runtime)
 from starlette.responses import JSONResponse, Response
 
@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 CLIENT_KEY_HEADER: Final = "x-pixazo-api-key"
 """HTTP header through which a client brings its own Pixazo key (used instead of the server's, for its jobs only)."""
 _T = TypeVar("_T")
+_M = TypeVar("_M", bound=BaseModel)
 INSTRUCTIONS: Final = (
     "Generate sound effects, ambience and short music clips from text with MMAudio v2. "
     "generate_audio waits for the result when it can; otherwise call check_status with the request_id it returns. "
@@ -212,7 +213,9 @@ def _tools(default_wait: float) -> list[Tool]:
         Each call is a new paid job (10-90 s, no seed). If not done within wait_seconds, call check_status with
         the returned request_id; never generate again for it.
         """
-        params = GenerationParams(
+        params = _validated(
+            GenerationParams,
+            "Invalid request",
             prompt=prompt,
             negative_prompt=negative_prompt,
             duration=duration,
@@ -220,7 +223,7 @@ def _tools(default_wait: float) -> list[Tool]:
             cfg_strength=cfg_strength,
             mask_away_clip=mask_away_clip,
         )
-        jobs, caller = await _jobs_for(ctx)
+        jobs, caller = await _call(_jobs_for(ctx))
         destination = await _destination(ctx, jobs, folder)
         job = await _call(jobs.generate(params, wait_seconds=wait_seconds, progress=_progress(ctx), caller=caller))
         if destination is not None and job.file is not None:
@@ -233,7 +236,7 @@ def _tools(default_wait: float) -> list[Tool]:
         wait_seconds: Annotated[float, Field(ge=0, le=300, description="Seconds to wait for completion.")] = 0,
     ) -> Annotated[CallToolResult, AudioJob]:
         """Report a generate_audio job; when it is complete, its WAV is saved (finished jobs are answered locally)."""
-        jobs, caller = await _jobs_for(ctx)
+        jobs, caller = await _call(_jobs_for(ctx))
         work = jobs.check(request_id, wait_seconds=wait_seconds, progress=_progress(ctx), caller=caller)
         job = await _call(work)
         return await with_player(tool_result(job), job)
@@ -257,7 +260,9 @@ def _tools(default_wait: float) -> list[Tool]:
         """Save a finished job's audio into the project, converted, normalized, trimmed, faded or looped as asked.
 
         The delivered WAV is kept; each variant is made once."""
-        options = _options(
+        options = _validated(
+            ProcessOptions,
+            "Invalid processing options",
             format=format,
             sample_rate=sample_rate,
             channels=channels,
@@ -267,7 +272,7 @@ def _tools(default_wait: float) -> list[Tool]:
             fade_ms=fade_ms,
             loop=loop,
         )
-        jobs, caller = await _jobs_for(ctx)
+        jobs, caller = await _call(_jobs_for(ctx))
         destination = await _destination(ctx, jobs, folder)
         work = jobs.download(
             request_id,
@@ -322,7 +327,7 @@ def _add_resources(server: MCPServer[AppState], live: _Live) -> None:
         "audio://{request_id}", name="audio", title="Generated audio", mime_type="audio/wav", description="A WAV file."
     )
     async def audio(request_id: str, ctx: Context[AppState]) -> bytes:
-        jobs, caller = await _jobs_for(ctx)
+        jobs, caller = await _resource_call(_jobs_for(ctx))
         return await _resource_call(jobs.read_audio(request_id, caller=caller))
 
     @server.resource(
@@ -335,7 +340,7 @@ def _add_resources(server: MCPServer[AppState], live: _Live) -> None:
     async def audio_chunk(request_id: str, index: str, ctx: Context[AppState]) -> bytes:
         if not index.isdigit() or len(index) > 6:
             raise ResourceNotFoundError(f"No chunk {index!r}: chunks are numbered 0, 1, 2...")
-        jobs, caller = await _jobs_for(ctx)
+        jobs, caller = await _resource_call(_jobs_for(ctx))
         job = await _resource_call(jobs.download(request_id, caller=caller))
         assert job.file is not None
         data, size = await anyio.to_thread.run_sync(read_chunk, Path(job.file.path), int(index) * CHUNK_CAP, CHUNK_CAP)
@@ -387,12 +392,14 @@ def _add_routes(server: MCPServer[AppState], live: _Live) -> None:
         return Response(status_code=202 if known else 404)
 
 
-def _options(**values: Any) -> ProcessOptions:
+def _validated(model: type[_M], what: str, **values: Any) -> _M:
+    """Build a model from tool arguments, turning a refusal into a tool error that names the field."""
     try:
-        return ProcessOptions(**values)
+        return model(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ToolError(f"Invalid processing options: {first['msg']}.") from exc
+        field = ".".join(str(part) for part in first["loc"])
+        raise ToolError(f"{what}: {field}: {first['msg']}.") from exc
 
 
 async def _destination(ctx: Context[AppState], jobs: JobService, folder: str | None) -> Destination | None:
@@ -408,6 +415,9 @@ async def _destination(ctx: Context[AppState], jobs: JobService, folder: str | N
 
 async def _client_roots(ctx: Context[AppState]) -> list[Path]:
     """The client's workspace folders (MCP roots), or none if it has none or cannot be asked (2026-07-28)."""
+    capabilities = ctx.client_capabilities
+    if capabilities is None or capabilities.roots is None:
+        return []  # asking a client that never offered roots could stall the call until the timeout
     with warnings.catch_warnings():
         # Roots are deprecated in protocol 2026-07-28 but are how today's IDE hosts name the workspace.
         warnings.simplefilter("ignore", MCPDeprecationWarning)

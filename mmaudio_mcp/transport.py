@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LOOPBACK: Final = "127.0.0.1"
+GRACEFUL_SHUTDOWN_SECONDS: Final = 5
 
 
 class Transport(StrEnum):
@@ -151,11 +152,31 @@ async def serve(
     await serve_asgi(http_app(server, transport, exposure), host=exposure.host, port=exposure.port)
 
 
+class _ShutdownCancelFilter(logging.Filter):
+    """Drop uvicorn's traceback for a call it cancels at the end of the graceful shutdown: the cancellation is the
+    intended outcome (its job is stored; uvicorn already logs one line saying it cancelled it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, anyio.get_cancelled_exc_class())
+
+
 async def serve_asgi(app: ASGIApp, *, host: str, port: int) -> None:
     """Run an ASGI app with uvicorn in the current event loop until SIGINT/SIGTERM, logging through `logging`."""
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
+    # In-flight tool calls get a few seconds to finish on SIGTERM/SIGINT; their jobs are already stored, so a call
+    # cut short is resumed with check_status, and a long wait must not hold a shutdown for minutes.
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    logging.getLogger("uvicorn.error").addFilter(_ShutdownCancelFilter())
     await uvicorn.Server(config).serve()
 
 
