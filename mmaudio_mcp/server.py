@@ -439,10 +439,28 @@ async def _jobs_for(ctx: Context[AppState]) -> tuple[JobService, Caller]:
 
 
 def _progress(ctx: Context[AppState]) -> Callable[[float, float | None, str], Awaitable[None]]:
+    """Report progress, and tell the client's log when the job's status changes (its message starts with it)."""
+    last_status: list[str] = []
+
     async def report(progress: float, total: float | None, message: str) -> None:
         await ctx.report_progress(progress, total, message)
+        status = message.split(",", 1)[0]
+        if last_status and status != last_status[-1]:
+            await _log_to_client(ctx, f"Job status: {status}")
+        last_status.append(status)
 
     return report
+
+
+async def _log_to_client(ctx: Context[AppState], message: str) -> None:
+    """A client log message. Logging is deprecated in protocol 2026-07-28 (such clients get it only if they opted
+    in), but hosts on 2025-11-25 show it; progress messages carry the same news for everyone."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        try:
+            await ctx.info(message)  # pyright: ignore[reportDeprecated] (see above)
+        except MCPError:
+            logger.debug("the client could not take a log message", exc_info=True)
 
 
 async def _resource_call(work: Awaitable[_T]) -> _T:

@@ -275,3 +275,24 @@ async def test_prompts_help_write_requests_mmaudio_handles_well(client: Client) 
     assert "negative_prompt" in text
     ambience = await client.get_prompt("ambience", {"place": "a rainy forest at night"})
     assert "music, speech, voices" in getattr(ambience.messages[0].content, "text", "")
+
+
+async def test_status_changes_reach_the_client_log_on_hosts_that_show_it(
+    settings: Settings, transport: httpx2.ASGITransport
+) -> None:
+    """A 2025-11-25 host (most of today's) gets a log message when the job moves from QUEUED on."""
+    messages: list[str] = []
+
+    async def on_log(params: Any) -> None:
+        messages.append(str(params.data))
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        return None
+
+    server = build_server(settings, http_transport=transport, policy=POLICY)
+    async with Client(server, mode="legacy", logging_callback=on_log) as legacy:
+        result = await legacy.call_tool(
+            "generate_audio", {"prompt": "rain", "duration": 4}, progress_callback=on_progress
+        )
+    assert not result.is_error
+    assert "Job status: COMPLETED" in messages
