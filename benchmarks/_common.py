@@ -102,6 +102,21 @@ def write_results(name: str, report: dict[str, Any]) -> Path:
     return path
 
 
+def server_env_for(tmp: Path, gateway_url: str, wait_seconds: float) -> dict[str, str]:
+    """The environment a server child gets: PATH, a HOME of its own, the sandbox key and gateway, temp folders."""
+    from mmaudio_mcp.sandbox import SANDBOX_API_KEY
+
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp / "home"),
+        "PIXAZO_API_KEY": SANDBOX_API_KEY,
+        "PIXAZO_GATEWAY_URL": gateway_url,
+        "MMAUDIO_OUTPUT_DIR": str(tmp / "out"),
+        "MMAUDIO_STATE_DIR": str(tmp / "state"),
+        "MMAUDIO_WAIT_SECONDS": str(wait_seconds),
+    }
+
+
 def free_port() -> int:
     """A loopback port that was free a moment ago."""
     with socket.socket() as probe:

@@ -39,13 +39,12 @@ from _common import (
     print_header,
     ratio,
     sandbox_process,
+    server_env_for,
     table,
     write_results,
 )
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
-
-from mmaudio_mcp.sandbox import SANDBOX_API_KEY
 
 PING_INTERVAL: Final = 0.05
 SAMPLE_INTERVAL: Final = 0.1
@@ -211,15 +210,7 @@ async def warm_up(client: Client) -> None:
 
 def server_env(tmp: Path, gateway_url: str) -> dict[str, str]:
     """What a host would pass: PATH, a HOME of its own, the key, the gateway and temp folders. Nothing else."""
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(tmp / "home"),
-        "PIXAZO_API_KEY": SANDBOX_API_KEY,
-        "PIXAZO_GATEWAY_URL": gateway_url,
-        "MMAUDIO_OUTPUT_DIR": str(tmp / "out"),
-        "MMAUDIO_STATE_DIR": str(tmp / "state"),
-        "MMAUDIO_WAIT_SECONDS": str(WAIT_SECONDS),
-    }
+    return server_env_for(tmp, gateway_url, WAIT_SECONDS)
 
 
 async def _server_pid(sandbox_pid: int) -> int:

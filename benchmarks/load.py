@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import secrets
@@ -64,6 +63,7 @@ from _common import (
     percentile,
     print_header,
     sandbox_process,
+    server_env_for,
     table,
     wait_healthy,
     write_results,
@@ -71,8 +71,6 @@ from _common import (
 from concurrency import cpu_seconds, rss_and_threads
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-
-from mmaudio_mcp.sandbox import SANDBOX_API_KEY
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -284,16 +282,7 @@ async def sample_server(run: Run, pid: int, stop: anyio.Event) -> None:
 
 def server_env(tmp: Path, gateway_url: str, token: str) -> dict[str, str]:
     """What a deployment would set: PATH, a HOME of its own, key, gateway, folders, wait and the bearer token."""
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(tmp / "home"),
-        "PIXAZO_API_KEY": SANDBOX_API_KEY,
-        "PIXAZO_GATEWAY_URL": gateway_url,
-        "MMAUDIO_OUTPUT_DIR": str(tmp / "out"),
-        "MMAUDIO_STATE_DIR": str(tmp / "state"),
-        "MMAUDIO_WAIT_SECONDS": str(WAIT_SECONDS),
-        "MMAUDIO_HTTP_TOKEN": token,
-    }
+    return server_env_for(tmp, gateway_url, WAIT_SECONDS) | {"MMAUDIO_HTTP_TOKEN": token}
 
 
 @dataclass

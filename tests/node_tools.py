@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import httpx2
 import pytest
+
+from tests.processes import free_port, server_env
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -42,18 +43,6 @@ def install_node_packages(folder: Path) -> None:
         timeout=300,
         stdin=subprocess.DEVNULL,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def server_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home)}
-    env |= {"MMAUDIO_OUTPUT_DIR": str(home / "out"), "MMAUDIO_STATE_DIR": str(home / "state")}
-    return env | extra
 
 
 @contextmanager

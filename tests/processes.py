@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import TYPE_CHECKING, Any
 
 from anyio.streams.text import TextReceiveStream
@@ -15,6 +16,13 @@ if TYPE_CHECKING:
     from anyio.abc import Process
 
 PROTOCOL_VERSION = "2025-11-25"
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for servers that must know their URL before they start)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:

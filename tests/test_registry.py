@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import socket
 import subprocess
 import sys
 import tomllib
@@ -29,7 +28,7 @@ from pydantic import AliasChoices, SecretStr
 import mmaudio_mcp
 from mmaudio_mcp.server import CLIENT_KEY_HEADER
 from mmaudio_mcp.settings import Settings
-from tests.processes import server_env
+from tests.processes import free_port, server_env
 
 if TYPE_CHECKING:
     import pytest
@@ -101,12 +100,6 @@ def package(transport: str) -> dict[str, Any]:
 
 def template_variables(text: str) -> list[str]:
     return re.findall(r"\{([^}]+)\}", text)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def package_env(entry: dict[str, Any], tmp_path: Path, **chosen: str) -> dict[str, str]:

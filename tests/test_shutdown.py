@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import socket
 import sqlite3
 import sys
 import time
@@ -22,7 +21,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mmaudio_mcp.sandbox import SandboxConfig, create_sandbox
 from mmaudio_mcp.transport import serve_on_loopback
-from tests.processes import server_env
+from tests.processes import free_port, server_env
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -37,12 +36,6 @@ EXIT_CODES = {signal.SIGTERM: -signal.SIGTERM, signal.SIGINT: 130}
 """uvicorn re-raises the signal once it has shut down: SIGTERM then kills the process (143 in a shell), and SIGINT
 becomes the KeyboardInterrupt that the CLI turns into its documented exit code 130."""
 UNFINISHED = ("SUBMITTING", "QUEUED", "PROCESSING")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @asynccontextmanager

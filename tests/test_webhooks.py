@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from mmaudio_mcp.sandbox import SandboxConfig, create_sandbox
 from mmaudio_mcp.server import build_server
 from mmaudio_mcp.transport import Transport, http_app, serve_on_loopback
 from tests.conftest import POLICY, SPEED
+from tests.processes import free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -29,12 +29,6 @@ if TYPE_CHECKING:
 # Without a webhook the safety-net poll would come seconds after the job ends: any earlier completion is the
 # webhook's doing.
 SLOW_SAFETY_NET = replace(POLICY, overhead_seconds=5.0, first_poll_cap=30.0)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
