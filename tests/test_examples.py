@@ -40,9 +40,11 @@ CONFIGS = sorted(HOSTS)
 TOOLS = {"generate_audio", "check_status", "download_audio"}
 KEY = "key-the-user-typed"
 TOKEN = "token-the-user-typed"
-PLACEHOLDERS = {"your-pixazo-subscription-key": KEY, "your-mmaudio-http-token": TOKEN}
+INSTALLED = "/absolute/path/to/mmaudio-mcp/.venv/bin/mmaudio-mcp"
+"""The placeholder for the installed command (a checkout's virtualenv): the package is not on PyPI yet."""
+SCRIPT = Path(sys.executable).parent / ("mmaudio-mcp.exe" if os.name == "nt" else "mmaudio-mcp")
+PLACEHOLDERS = {"your-pixazo-subscription-key": KEY, "your-mmaudio-http-token": TOKEN, INSTALLED: str(SCRIPT)}
 """Literal placeholders in a file (Claude Desktop has no variables), replaced as the user would replace them."""
-OUR_COMMAND = re.compile(r"^mmaudio-mcp(@[0-9][\w.+-]*)?$")
 HTTP_URL = "http://127.0.0.1:8000/mcp"
 
 
@@ -80,12 +82,12 @@ def http_entries(config: str) -> dict[str, dict[str, Any]]:
 
 
 def our_arguments(entry: dict[str, Any]) -> list[str]:
-    """The arguments given to `mmaudio-mcp` itself, whether it is run directly or through `uvx`."""
-    command, args = Path(entry["command"]).name, list(entry.get("args", []))
-    if command == "uvx":
-        assert args and OUR_COMMAND.match(args[0]), f"uvx should run mmaudio-mcp, got {args}"
-        return args[1:]
-    assert command in ("mmaudio-mcp", "mmaudio-mcp.exe"), f"not our command: {entry['command']}"
+    """The arguments given to `mmaudio-mcp` itself: the command is the installed script, by its absolute path.
+
+    A bare `uvx mmaudio-mcp` / `pipx run mmaudio-mcp` would fetch the package from PyPI, where it is not published.
+    """
+    command, args = entry["command"], list(entry.get("args", []))
+    assert command == INSTALLED, f"not the installed command's absolute path: {command} {args}"
     return args
 
 
@@ -192,8 +194,10 @@ async def test_each_stdio_entry_starts_the_server_with_its_env_and_lists_the_too
     for folder in ("MMAUDIO_OUTPUT_DIR", "MMAUDIO_STATE_DIR"):  # keep folders outside tmp_path out of the test
         if not Path(env[folder]).is_relative_to(tmp_path):
             env[folder] = str(tmp_path / folder.lower())
-    args = ["-m", "mmaudio_mcp", *(expand(arg) for arg in our_arguments(entry)), "--sandbox"]
-    params = StdioServerParameters(command=sys.executable, args=args, env=env, cwd=tmp_path)
+    args = [*(expand(arg) for arg in our_arguments(entry)), "--sandbox"]
+    command = expand(entry["command"])  # started as written, the placeholder filled in as the user would
+    assert Path(command).is_file(), f"{config}: {command} is not the installed command"
+    params = StdioServerParameters(command=command, args=args, env=env, cwd=tmp_path)
     async with Client(params) as client:
         assert {tool.name for tool in (await client.list_tools()).tools} == TOOLS
 
@@ -241,3 +245,19 @@ def test_the_agent_example_is_short_and_passes_on_only_real_settings() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert set(module.SETTINGS) <= setting_names()
+
+
+PYPI_FORMS = re.compile(r'uvx mmaudio-mcp|pipx run mmaudio-mcp|"uvx", "args": \["mmaudio-mcp')
+"""Commands that fetch the package from PyPI, where it is not published yet."""
+
+
+def test_no_doc_or_config_relies_on_the_unpublished_pypi_package() -> None:
+    """`uvx mmaudio-mcp` / `pipx run mmaudio-mcp` appear only in a sentence that says "once published"."""
+    documents = [ROOT / "README.md", *EXAMPLES.rglob("*.md"), *EXAMPLES.rglob("*.json")]
+    for document in documents:
+        if "node_modules" in document.parts:
+            continue
+        text = document.read_text(encoding="utf-8")
+        for match in PYPI_FORMS.finditer(text):
+            before = text[max(0, match.start() - 80) : match.start()].lower()
+            assert "once published" in before, f"{document.name}: {text[match.start() - 40 : match.end() + 20]!r}"
