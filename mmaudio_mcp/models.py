@@ -6,9 +6,13 @@ import re
 import unicodedata
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+    from pydantic_core import ErrorDetails
 
 MODEL_ID = "mmaudio-v2-text-to-audio"
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -59,17 +63,151 @@ def _parse_timestamp(value: Any) -> datetime | None:
 Timestamp = Annotated[datetime | None, BeforeValidator(_parse_timestamp)]
 
 
+# --- Argument bounds, declared once: the tool signatures (and so their JSON schemas) and the models share them -----
+
+_RANGES: Final[dict[str, tuple[float, float, str]]] = {
+    "duration": (2, 30, "seconds"),
+    "num_steps": (10, 100, ""),
+    "cfg_strength": (1.0, 10.0, ""),
+    "wait_seconds": (0, 300, "seconds"),
+    "sample_rate": (8000, 192000, "Hz"),
+    "target_lufs": (-40, -5, "LUFS"),
+    "fade_ms": (0, 5000, "ms"),
+}
+"""Allowed range and unit of each bounded argument, by name: read by the types below and by the error sentences."""
+
+
+def _ranged(name: str, description: str, **extra: Any) -> Any:
+    low, high, _ = _RANGES[name]
+    return Field(ge=low, le=high, description=description, **extra)
+
+
+PROMPT_MAX_CHARS: Final = 2000
+Prompt = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=PROMPT_MAX_CHARS,
+        pattern=r"\S",
+        description="The sound in plain words, essentials first (only ~60 words are read), "
+        "e.g. 'rain on a tin roof, distant thunder'.",
+    ),
+]
+NegativePrompt = Annotated[
+    str, Field(max_length=PROMPT_MAX_CHARS, description="Sounds to avoid, e.g. 'music, voices'.")
+]
+Duration = Annotated[int, _ranged("duration", "Seconds; the model was trained on 8 s clips.")]
+NumSteps = Annotated[int, _ranged("num_steps", "Diffusion steps; more is slower.")]
+CfgStrength = Annotated[float, _ranged("cfg_strength", "How literally to follow the prompt.", allow_inf_nan=False)]
+MaskAwayClip = Annotated[bool, Field(description="Passed to MMAudio; likely no effect on text-only audio.")]
+WaitSeconds = Annotated[
+    float,
+    _ranged(
+        "wait_seconds",
+        "Seconds to wait in this call, with progress; 0 returns the request_id at once.",
+        allow_inf_nan=False,
+    ),
+]
+RequestId = Annotated[
+    str, Field(max_length=128, pattern=REQUEST_ID_PATTERN, description="The request_id from generate_audio.")
+]
+FileName = Annotated[
+    str | None, Field(max_length=120, description="Bare file name for the copy, e.g. 'door_creak' (suffix optional).")
+]
+Folder = Annotated[
+    str | None,
+    Field(
+        max_length=1024, description="Also save into this folder, e.g. 'assets/sfx' (relative to the workspace root)."
+    ),
+]
+Overwrite = Annotated[bool, Field(description="Replace an existing file of the same name.")]
+Format = Annotated[Literal["wav", "flac", "ogg", "mp3"], Field(description="Output format (ogg suits loops).")]
+SampleRate = Annotated[int | None, _ranged("sample_rate", "Resample, e.g. 48000.")]
+Channels = Annotated[Literal[1, 2] | None, Field(description="1 mono, 2 stereo (duplicated).")]
+Normalize = Annotated[bool, Field(description="Normalize loudness to target_lufs (peak <= -1 dBTP).")]
+TargetLufs = Annotated[float, _ranged("target_lufs", "Loudness target when normalizing.", allow_inf_nan=False)]
+TrimSilence = Annotated[bool, Field(description="Trim leading and trailing silence.")]
+FadeMs = Annotated[int, _ranged("fade_ms", "Fade in/out in ms (not for loops).")]
+Loop = Annotated[bool, Field(description="Make the clip loop seamlessly.")]
+
+_RANGE_ERRORS: Final = frozenset({"greater_than_equal", "less_than_equal", "greater_than", "less_than"})
+_KIND_ERRORS: Final = {
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+}
+
+
+def explain_validation_error(exc: ValidationError) -> str:
+    """Say what is wrong with some arguments, one sentence per error: the argument, what is allowed, what was given
+    (e.g. "duration must be between 2 and 30 seconds (got 99)."). For tool results and the command line alike."""
+    return " ".join(dict.fromkeys(_sentence(error) for error in exc.errors(include_url=False)))
+
+
+def _sentence(error: ErrorDetails) -> str:
+    name = ".".join(str(part) for part in error["loc"]) or "the arguments"
+    field = str(error["loc"][-1]) if error["loc"] else ""
+    kind = error["type"]
+    ctx: dict[str, Any] = dict(error.get("ctx") or {})
+    given = f" (got {_shown(error.get('input'))})"
+    if kind in _RANGE_ERRORS:
+        return f"{name} must be {_range_words(field, kind, ctx)}{given}."
+    if kind in _KIND_ERRORS:
+        return f"{name} must be {_KIND_ERRORS[kind]}{given}."
+    return _other_sentence(name, field, kind, error, ctx, given)
+
+
+def _range_words(field: str, kind: str, ctx: dict[str, Any]) -> str:
+    if field in _RANGES:
+        low, high, unit = _RANGES[field]
+        return f"between {low:g} and {high:g}{' ' + unit if unit else ''}"
+    words = {"greater_than_equal": "at least", "less_than_equal": "at most", "greater_than": "more than"}
+    return f"{words.get(kind, 'less than')} {next(iter(ctx.values()), '?')}"
+
+
+def _other_sentence(name: str, field: str, kind: str, error: ErrorDetails, ctx: dict[str, Any], given: str) -> str:
+    if kind == "missing":
+        return f"{name} is required."
+    if kind == "extra_forbidden":
+        return f"{name} is not an argument here."
+    if kind == "literal_error":
+        return f"{name} must be one of {str(ctx.get('expected', '')).replace(chr(39), '')}{given}."
+    if kind == "string_too_short":
+        return f"{name} must not be empty{given}." if ctx.get("min_length") == 1 else f"{name} is too short{given}."
+    if kind == "string_too_long":
+        size = len(error["input"]) if isinstance(error.get("input"), str) else "more"
+        return f"{name} must be at most {ctx.get('max_length')} characters (got {size})."
+    if kind == "string_pattern_mismatch" and field == "request_id":
+        return f"{name} must be a request_id returned by generate_audio{given}."
+    if kind == "string_pattern_mismatch":
+        return f"{name} must say something{given}." if field == "prompt" else f"{name} is malformed{given}."
+    reason = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ").rstrip(".")
+    return f"{name}: {reason}{given}."
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """A given value as the sentence quotes it: short, on one line."""
+    text = str(value).lower() if isinstance(value, bool) else "null" if value is None else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class GenerationParams(BaseModel):
     """What MMAudio v2 is asked to make; the bounds are Pixazo's."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=2000)
-    negative_prompt: str = Field(default="", max_length=2000)
-    duration: int = Field(default=8, ge=2, le=30, strict=True)
-    num_steps: int = Field(default=25, ge=10, le=100, strict=True)
-    cfg_strength: float = Field(default=4.5, ge=1.0, le=10.0, allow_inf_nan=False)
-    mask_away_clip: bool = False
+    prompt: Prompt
+    negative_prompt: NegativePrompt = ""
+    duration: Annotated[Duration, Field(strict=True)] = 8
+    num_steps: Annotated[NumSteps, Field(strict=True)] = 25
+    cfg_strength: CfgStrength = 4.5
+    mask_away_clip: MaskAwayClip = False
 
     @field_validator("prompt")
     @classmethod
@@ -181,13 +319,33 @@ __all__ = [
     "REQUEST_ID_PATTERN",
     "AudioFile",
     "AudioJob",
+    "CfgStrength",
+    "Channels",
+    "Duration",
+    "FadeMs",
+    "FileName",
+    "Folder",
+    "Format",
     "GenerationParams",
     "JobError",
     "JobRecord",
     "JobStatus",
+    "Loop",
+    "MaskAwayClip",
+    "NegativePrompt",
+    "Normalize",
+    "NumSteps",
+    "Overwrite",
+    "Prompt",
+    "RequestId",
+    "SampleRate",
     "StatusOutput",
     "StatusReply",
     "SubmitReply",
+    "TargetLufs",
+    "TrimSilence",
+    "WaitSeconds",
+    "explain_validation_error",
     "is_valid_request_id",
     "utc_now",
 ]

@@ -9,7 +9,7 @@ import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -28,7 +28,30 @@ from starlette.responses import JSONResponse, Response
 from mmaudio_mcp import __version__, prompts
 from mmaudio_mcp.errors import InvalidArgumentError, MmaudioError, UnknownJobError
 from mmaudio_mcp.jobs import Caller, JobService, Limits, open_job_service
-from mmaudio_mcp.models import REQUEST_ID_PATTERN, AudioJob, GenerationParams
+from mmaudio_mcp.models import (
+    AudioJob,
+    CfgStrength,
+    Channels,
+    Duration,
+    FadeMs,
+    FileName,
+    Folder,
+    Format,
+    GenerationParams,
+    Loop,
+    MaskAwayClip,
+    NegativePrompt,
+    Normalize,
+    NumSteps,
+    Overwrite,
+    Prompt,
+    RequestId,
+    SampleRate,
+    TargetLufs,
+    TrimSilence,
+    WaitSeconds,
+    explain_validation_error,
+)
 from mmaudio_mcp.placement import Destination, resolve_destination
 from mmaudio_mcp.player import CHUNK_CAP, PLAYER_URI, player_html, read_chunk
 from mmaudio_mcp.processing import ProcessOptions
@@ -53,56 +76,6 @@ INSTRUCTIONS: Final = (
     "generate_audio waits for the result when it can; otherwise call check_status with the request_id it returns. "
     "Every job is kept by request_id, so nothing is lost if a call times out."
 )
-
-Prompt = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=2000,
-        pattern=r"\S",
-        description="The sound in plain words, essentials first (only ~60 words are read), "
-        "e.g. 'rain on a tin roof, distant thunder'.",
-    ),
-]
-NegativePrompt = Annotated[str, Field(max_length=2000, description="Sounds to avoid, e.g. 'music, voices'.")]
-Duration = Annotated[int, Field(ge=2, le=30, description="Seconds; the model was trained on 8 s clips.")]
-NumSteps = Annotated[int, Field(ge=10, le=100, description="Diffusion steps; more is slower.")]
-CfgStrength = Annotated[
-    float, Field(ge=1.0, le=10.0, allow_inf_nan=False, description="How literally to follow the prompt.")
-]
-MaskAwayClip = Annotated[bool, Field(description="Passed to MMAudio; likely no effect on text-only audio.")]
-RequestId = Annotated[
-    str, Field(max_length=128, pattern=REQUEST_ID_PATTERN, description="The request_id from generate_audio.")
-]
-FileName = Annotated[
-    str | None, Field(max_length=120, description="Bare file name for the copy, e.g. 'door_creak' (suffix optional).")
-]
-Folder = Annotated[
-    str | None,
-    Field(
-        max_length=1024,
-        description="Also save into this folder, e.g. 'assets/sfx' (relative to the workspace root).",
-    ),
-]
-Overwrite = Annotated[bool, Field(description="Replace an existing file of the same name.")]
-Format = Annotated[Literal["wav", "flac", "ogg", "mp3"], Field(description="Output format (ogg suits loops).")]
-SampleRate = Annotated[int | None, Field(ge=8000, le=192000, description="Resample, e.g. 48000.")]
-Channels = Annotated[Literal[1, 2] | None, Field(description="1 mono, 2 stereo (duplicated).")]
-Normalize = Annotated[bool, Field(description="Normalize loudness to target_lufs (peak <= -1 dBTP).")]
-TargetLufs = Annotated[float, Field(ge=-40, le=-5, description="Loudness target when normalizing.")]
-TrimSilence = Annotated[bool, Field(description="Trim leading and trailing silence.")]
-FadeMs = Annotated[int, Field(ge=0, le=5000, description="Fade in/out in ms (not for loops).")]
-Loop = Annotated[bool, Field(description="Make the clip loop seamlessly.")]
-
-
-WaitSeconds = Annotated[
-    float,
-    Field(
-        ge=0,
-        le=300,
-        description="Seconds to wait in this call, with progress; 0 returns the request_id at once.",
-    ),
-]
 
 
 @dataclass
@@ -233,7 +206,7 @@ def _tools(default_wait: float) -> list[Tool]:
     async def check_status(
         ctx: Context[AppState],
         request_id: RequestId,
-        wait_seconds: Annotated[float, Field(ge=0, le=300, description="Seconds to wait for completion.")] = 0,
+        wait_seconds: Annotated[WaitSeconds, Field(description="Seconds to wait for completion.")] = 0,
     ) -> Annotated[CallToolResult, AudioJob]:
         """Report a generate_audio job; when it is complete, its WAV is saved (finished jobs are answered locally)."""
         jobs, caller = await _call(_jobs_for(ctx))
@@ -309,7 +282,7 @@ def _tool(
     hints = ToolAnnotations(
         read_only_hint=False, destructive_hint=destructive, idempotent_hint=idempotent, open_world_hint=True
     )
-    tool = Tool.from_function(
+    tool = _Tool.from_function(
         fn,
         title=title,
         description=inspect.cleandoc(fn.__doc__ or ""),
@@ -320,6 +293,18 @@ def _tool(
     tool.parameters = compact_schema(tool.parameters)
     tool.fn_metadata.output_schema = compact_schema(tool.fn_metadata.output_schema or {}, for_output=True)
     return tool
+
+
+class _Tool(Tool):
+    """A tool whose argument errors read as sentences ("duration must be between 2 and 30 seconds (got 99).")
+    instead of the SDK's validator dump: the SDK validates before the function runs, so this is the seam."""
+
+    async def run(self, arguments: dict[str, Any], context: Context[Any, Any], convert_result: bool = False) -> Any:
+        try:
+            self.fn_metadata.validate_arguments(arguments)
+        except ValidationError as exc:
+            raise ToolError(explain_validation_error(exc)) from exc
+        return await super().run(arguments, context, convert_result)
 
 
 def _add_resources(server: MCPServer[AppState], live: _Live) -> None:
@@ -397,9 +382,7 @@ def _validated(model: type[_M], what: str, **values: Any) -> _M:
     try:
         return model(**values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
-        raise ToolError(f"{what}: {field}: {first['msg']}.") from exc
+        raise ToolError(f"{what}: {explain_validation_error(exc)}") from exc
 
 
 async def _destination(ctx: Context[AppState], jobs: JobService, folder: str | None) -> Destination | None:

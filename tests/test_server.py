@@ -296,3 +296,46 @@ async def test_status_changes_reach_the_client_log_on_hosts_that_show_it(
         )
     assert not result.is_error
     assert "Job status: COMPLETED" in messages
+
+
+# --- argument errors read as sentences ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "sentence"),
+    [
+        ("generate_audio", {"prompt": "rain", "duration": 99}, "duration must be between 2 and 30 seconds (got 99)."),
+        ("generate_audio", {"prompt": "rain", "num_steps": 5}, "num_steps must be between 10 and 100 (got 5)."),
+        ("generate_audio", {"prompt": "rain", "duration": "eight"}, "duration must be a whole number (got 'eight')."),
+        ("generate_audio", {}, "prompt is required."),
+        ("check_status", {"request_id": "../x"}, "request_id must be a request_id returned by generate_audio"),
+        (
+            "download_audio",
+            {"request_id": "abc", "format": "aac", "fade_ms": -1},
+            "format must be one of wav, flac, ogg or mp3 (got 'aac'). fade_ms must be between 0 and 5000 ms (got -1).",
+        ),
+    ],
+)
+async def test_argument_errors_are_one_sentence_each(
+    client: Client, tool: str, arguments: dict[str, Any], sentence: str
+) -> None:
+    """The SDK validates before the tool runs; its validator dump is replaced by sentences naming the argument,
+    the allowed range or values and what was given."""
+    result = await client.call_tool(tool, arguments)
+    assert result.is_error
+    assert sentence in text_of(result)
+    assert "pydantic" not in text_of(result)
+    assert "validation error" not in text_of(result)
+
+
+def test_explain_validation_error_is_shared_with_the_models() -> None:
+    """GenerationParams and the tool schema share one declaration, and the CLI can explain its errors the same way."""
+    from pydantic import ValidationError
+
+    from mmaudio_mcp.models import GenerationParams, explain_validation_error
+
+    with pytest.raises(ValidationError) as caught:
+        GenerationParams(prompt="rain", duration=99, cfg_strength=11)
+    assert explain_validation_error(caught.value) == (
+        "duration must be between 2 and 30 seconds (got 99). cfg_strength must be between 1 and 10 (got 11)."
+    )
