@@ -37,9 +37,11 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 
 from mmaudio_mcp.sandbox_audio import SAMPLE_RATE, WAV_HEADER_BYTES, wav_for, wav_header
+from mmaudio_mcp.sandbox_state import SandboxState, StoredJob
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Callable
+    from pathlib import Path
 
     import httpx2
     from starlette.datastructures import Headers
@@ -147,6 +149,8 @@ class SandboxConfig:
     extra_api_keys: tuple[str, ...] = ()
     drip_seconds: float = 0.5
     huge_media_bytes: int = 80 * 1024 * 1024
+    state_path: Path | None = None
+    """Keep the jobs in this SQLite file: a new sandbox with the same path answers for them (status and media)."""
 
 
 @dataclass
@@ -256,6 +260,8 @@ class Sandbox:
         self._rng = random.Random(self.config.seed)
         self._slots: list[float] = []  # heap of the times the busy processing slots free up
         self._hooked: dict[str, _Job] = {}  # jobs with webhook phases not yet announced
+        self._state = SandboxState(self.config.state_path) if self.config.state_path else None
+        self._load_jobs()
         self.app = Starlette(
             routes=[
                 Route(SUBMIT_PATH, self._submit, methods=["POST"]),
@@ -407,6 +413,7 @@ class Sandbox:
         job = self._new_job(prompt, duration, num_steps, _media_origin(request, self.config.media_base_url))
         timing = self._stats.jobs[job.request_id]
         timing.api_key_hash = _key_hash(request.headers[KEY_HEADER])  # _guard let it through: it is an accepted key
+        self._persist(job, timing.api_key_hash)
         if webhook is not None:
             job.webhook = webhook
             self._hooked[job.request_id] = job
@@ -427,6 +434,46 @@ class Sandbox:
         self._stats.jobs[request_id] = JobTiming(created, started, finished, job.phases()[2].status)
         return job
 
+    def _persist(self, job: _Job, key_hash: str | None) -> None:
+        if self._state is not None:
+            fate = job.fate.value if job.fate else None
+            self._state.save(
+                StoredJob(
+                    job.request_id,
+                    job.prompt,
+                    job.duration,
+                    job.created,
+                    job.started,
+                    job.finished,
+                    fate,
+                    job.media_origin,
+                    None,
+                    key_hash,
+                )
+            )
+
+    def _load_jobs(self) -> None:
+        """Read the jobs an earlier (or another) sandbox process stored, keeping the ones already known."""
+        if self._state is None:
+            return
+        for row in self._state.load():
+            if row.request_id in self._jobs:
+                continue
+            fate = FaultKind(row.fate) if row.fate else None
+            job = _Job(
+                row.request_id, row.prompt, row.duration, row.created, row.started, row.finished, fate, row.media_origin
+            )
+            self._jobs[row.request_id] = job
+            timing = JobTiming(row.created, row.started, row.finished, job.phases()[2].status)
+            timing.api_key_hash = row.key_hash
+            self._stats.jobs[row.request_id] = timing
+
+    def _known(self, request_id: str) -> _Job | None:
+        """The job with this id, looking in the state file too (another process may have created it since)."""
+        if request_id not in self._jobs:
+            self._load_jobs()
+        return self._jobs.get(request_id)
+
     def _schedule(self, created: float, seconds: float) -> tuple[float, float]:
         """Return when a job submitted at `created` starts and ends processing, taking a free slot in FIFO order."""
         speed, jitter = self.config.speed, self.config.jitter
@@ -441,6 +488,7 @@ class Sandbox:
     async def _status(self, request: Request) -> Response:
         request_id = str(request.path_params["request_id"])
         self._stats.polls[request_id] = self._stats.polls.get(request_id, 0) + 1
+        job = self._known(request_id)
         timing = self._stats.jobs.get(request_id)
         if timing is not None:
             timing.polls += 1
@@ -452,7 +500,6 @@ class Sandbox:
             return await _hang(request)
         if fault is FaultKind.POLL_500:
             return _html_error(500 if self._stats.polls[request_id] % 2 else 502)
-        job = self._jobs.get(request_id)
         if job is None or timing is None:
             return _error(404, "Not Found", f"Request {request_id} not found")
         now = self.config.clock()
@@ -467,7 +514,7 @@ class Sandbox:
         if KEY_HEADER in request.headers:
             self._stats.rejected_keys += 1
             return _error(400, "Bad Request", "credentials must not be sent to the CDN")
-        job = self._jobs.get(request_id)
+        job = self._known(request_id)
         if job is None or job.phase_at(self.config.clock()).status != "COMPLETED":
             return Response("Not Found", 404, media_type="text/plain")
         fault = self._take_fault(*_MEDIA_FAULTS)

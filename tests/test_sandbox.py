@@ -36,6 +36,7 @@ from mmaudio_mcp.transport import serve_on_loopback
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Callable
+    from pathlib import Path
 
 SUBMIT = "/mmaudio-v2-text-to-audio/v1/mmaudio-v2-text-to-audio-request"
 KEY_HEADER = "Ocp-Apim-Subscription-Key"
@@ -1153,3 +1154,34 @@ async def test_admin_route_accepts_the_hostile_fault_kinds(client: httpx2.AsyncC
     """POST /_sandbox/faults takes each new kind with its count (the redirect test drives one through it)."""
     added = await client.post("/_sandbox/faults", json={"kind": kind, "times": 2})
     assert (added.status_code, added.json()) == (201, {"kind": kind, "times": 2})
+
+
+async def test_a_new_sandbox_with_the_same_state_path_answers_for_jobs_an_earlier_one_created(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    """With state_path, a sandbox made later (as a new process would) answers status and media for old jobs."""
+    state = tmp_path / "state" / "sandbox.sqlite3"
+    async with client_for(create_sandbox(SandboxConfig(clock=clock, state_path=state))) as first:
+        request_id = (await submit(first)).json()["request_id"]
+        clock.advance(3600)
+        media = (await first.get((await poll(first, request_id)).json()["output"]["media_url"][0])).content
+    later = create_sandbox(SandboxConfig(clock=clock, state_path=state))
+    async with client_for(later) as second:
+        body = (await poll(second, request_id)).json()
+        assert body["status"] == "COMPLETED"
+        again = await second.get(body["output"]["media_url"][0])
+    assert again.status_code == 200 and again.content == media
+    assert later.stats().jobs[request_id].api_key_hash == key_hash(SANDBOX_API_KEY)
+    without = create_sandbox(SandboxConfig(clock=clock))
+    async with client_for(without) as third:
+        assert (await poll(third, request_id)).status_code == 404
+
+
+async def test_a_job_another_sandbox_process_created_meanwhile_is_found_too(clock: FakeClock, tmp_path: Path) -> None:
+    """Two sandboxes sharing a state file (two processes) each answer for the other's jobs."""
+    state = tmp_path / "sandbox.sqlite3"
+    one = create_sandbox(SandboxConfig(clock=clock, state_path=state))
+    two = create_sandbox(SandboxConfig(clock=clock, state_path=state))
+    async with client_for(one) as first, client_for(two) as second:
+        request_id = (await submit(first)).json()["request_id"]
+        assert (await poll(second, request_id)).json()["status"] == "QUEUED"
