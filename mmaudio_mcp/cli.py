@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from mmaudio_mcp import __version__
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from mmaudio_mcp.models import GenerationParams
     from mmaudio_mcp.settings import Settings
@@ -74,17 +75,65 @@ def _one_line(exc: Exception) -> str:
     from pydantic import ValidationError
 
     from mmaudio_mcp.errors import MmaudioError
+    from mmaudio_mcp.models import explain_validation_error
 
     if isinstance(exc, MmaudioError):
         return exc.message
     if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        return f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
+        return as_flags(explain_validation_error(exc))
     return f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
 
 
+_FLAGS: Final = {"target_lufs": "--normalize", "prompt": "the prompt"}
+"""Arguments whose command-line spelling is not `--` plus the name with dashes."""
+
+
+def as_flags(sentences: str) -> str:
+    """Reword argument errors for the command line: "duration must be ..." becomes "--duration must be ..."."""
+
+    def flag(match: re.Match[str]) -> str:
+        name = match[2]
+        return match[1] + _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+    return re.sub(r"(^|\. )([a-z][a-z_]*)(?= must| is )", flag, sentences)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line (the usage block is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {_usage_sentence(message).rstrip('.')}; see {self.prog} --help.\n")
+
+
+def _usage_sentence(message: str) -> str:
+    """argparse's wording turned into ours: the flag, what it takes, and what was given."""
+    kinds = {"int": "a whole number", "float": "a number"}
+    if match := re.fullmatch(r"argument (\S+): invalid (int|float) value: (.*)", message):
+        return f"{match[1]} must be {kinds[match[2]]} (got {match[3]})."
+    if match := re.fullmatch(r"argument (\S+): invalid choice: (.*) \(choose from (.*)\)", message):
+        return f"{match[1]} must be one of {match[3].replace(chr(39), '')} (got {match[2]})."
+    if match := re.fullmatch(r"argument (\S+): (\1 .*)", message):
+        return match[2]
+    return message[0].upper() + message[1:] + ("" if message.endswith(".") else ".")
+
+
+def _whole(flag: str, low: int, high: int) -> Callable[[str], int]:
+    """An argparse type for a whole number in [low, high], refused in one sentence otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{flag} must be a whole number between {low} and {high} (got {text!r}).")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mmaudio-mcp",
         description="MCP server for Sony AI's MMAudio v2 text-to-audio on the Pixazo gateway. "
         "With no command it serves MCP over stdio, which is what MCP hosts launch.",
@@ -98,8 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="report a job (and save its WAV once complete)")
     status.add_argument("request_id", help="the request_id that generate printed or a tool returned")
     status.add_argument("--wait-seconds", type=float, default=0.0, help="wait up to this long for it to finish")
+    _add_saving(status)
     jobs = commands.add_parser("jobs", help="list recent jobs from the local store (no network)")
-    jobs.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    jobs.add_argument("--limit", type=_whole("--limit", 1, 1000), default=20, help="how many, 1-1000 (default 20)")
     doctor = commands.add_parser("doctor", help="check key, gateway, folders and versions; print a host config")
     sandbox = commands.add_parser("sandbox", help="run the offline Pixazo sandbox gateway")
     sandbox.add_argument("--host", default="127.0.0.1")
@@ -138,7 +188,12 @@ def _add_generate(generate: argparse.ArgumentParser) -> None:
     generate.add_argument("--cfg-strength", type=float, default=4.5, help="1.0-10.0 (default 4.5)")
     generate.add_argument("--mask-away-clip", action="store_true")
     generate.add_argument("--wait-seconds", type=float, default=300.0, help="how long to wait (default 300)")
-    saving = generate.add_argument_group("saving into a project (processing is local, on the delivered WAV)")
+    _add_saving(generate)
+    _add_common(generate)
+
+
+def _add_saving(parser: argparse.ArgumentParser) -> None:
+    saving = parser.add_argument_group("saving into a project (processing is local, on the delivered WAV)")
     saving.add_argument("--out", metavar="DIR", help="save a copy in DIR, inside the current directory")
     saving.add_argument("--name", metavar="FILENAME", help="file name for the copy (suffix optional)")
     saving.add_argument("--overwrite", action="store_true", help="replace an existing file of that name")
@@ -151,7 +206,6 @@ def _add_generate(generate: argparse.ArgumentParser) -> None:
     saving.add_argument("--trim-silence", action="store_true", help="trim leading and trailing silence")
     saving.add_argument("--fade-ms", type=int, default=0, help="fade in and out (ms)")
     saving.add_argument("--loop", action="store_true", help="make the clip loop seamlessly")
-    _add_common(generate)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

@@ -17,9 +17,10 @@ The hierarchy:
     ├── NetworkError                  Pixazo could not be reached (DNS, connect, timeout)
     ├── SubmissionUncertainError      the submit may have reached Pixazo; the job may exist and be billed
     ├── JobFailedError                the job ended FAILED or ERROR upstream
-    └── MediaError                    the audio could not be fetched or is not a usable WAV
-        ├── MediaTooLargeError        larger than the download cap
-        └── InvalidAudioError         not a WAV, truncated, or an unsupported encoding
+    ├── MediaError                    the audio could not be fetched or is not a usable WAV
+    │   ├── MediaTooLargeError        larger than the download cap
+    │   └── InvalidAudioError         not a WAV, truncated, or an unsupported encoding
+    └── NotSavedError                 a paid job's audio is on disk, but the copy asked for could not be made
 """
 
 from __future__ import annotations
@@ -163,6 +164,12 @@ class InvalidAudioError(MediaError):
     kind = "invalid_audio"
 
 
+class NotSavedError(MmaudioError):
+    """The job is paid for and its WAV delivered, but the processed or placed copy could not be made."""
+
+    kind = "not_saved"
+
+
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
@@ -177,6 +184,7 @@ __all__ = [
     "MediaTooLargeError",
     "MmaudioError",
     "NetworkError",
+    "NotSavedError",
     "RateLimitedError",
     "SubmissionUncertainError",
     "UnknownJobError",

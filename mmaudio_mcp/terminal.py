@@ -12,6 +12,7 @@ import platform
 import shutil
 import sys
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -19,12 +20,12 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from mmaudio_mcp import __version__
-from mmaudio_mcp.errors import JobFailedError
-from mmaudio_mcp.placement import resolve_destination
+from mmaudio_mcp.errors import ConfigurationError, InvalidArgumentError, JobFailedError, MmaudioError, NotSavedError
+from mmaudio_mcp.placement import Destination, resolve_destination
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import AsyncGenerator
+    from collections.abc import AsyncGenerator, Callable
 
     from rich.console import Console
 
@@ -95,16 +96,100 @@ def generate(args: argparse.Namespace, settings: Settings, params: GenerationPar
 
 async def _generate(args: argparse.Namespace, settings: Settings, params: GenerationParams) -> AudioJob:
     options = processing_options(args)
-    # The working directory is the project: --out is taken inside it, as a host's workspace root would be.
-    # Checked before anything is paid for.
-    destination = resolve_destination(args.out, [Path.cwd()], settings.output_dir) if args.out else None
+    _require_key(args, settings)
     async with job_service(args, settings) as jobs:
+        saving = check_saving(args, options, jobs.output_dir)  # everything checked before anything is paid for
         async with _progress_bar(f"Submitting '{params.prompt[:40]}'") as show:
             job = await jobs.generate(params, wait_seconds=args.wait_seconds, progress=show)
-        if job.file is None or (options.is_identity and not args.out and not args.name):
-            return job
+        return await _save(jobs, job, saving)
+
+
+@dataclass(frozen=True)
+class Saving:
+    """Where and how the command line saves a finished job's audio (checked before the job is paid for)."""
+
+    options: ProcessOptions
+    destination: Destination | None
+    name: str | None
+    overwrite: bool
+
+    @property
+    def wanted(self) -> bool:
+        return not self.options.is_identity or self.destination is not None or self.name is not None
+
+
+def check_saving(args: argparse.Namespace, options: ProcessOptions, output_dir: Path) -> Saving:
+    """Refuse, before paying, every saving request that would fail afterwards: the name, the folder (inside the
+    current directory, the project), a file already there without --overwrite, a folder that cannot be written."""
+    from mmaudio_mcp.audio import checked_filename
+
+    name = _flagged("--name", checked_filename, args.name, options.format) if args.name else None
+    destination = _project_folder(args.out) if args.out else None
+    folder = destination.folder if destination else output_dir
+    _writable(output_dir)
+    _writable(folder)
+    if name is not None and (folder / name).exists() and not args.overwrite:
+        shown = destination.relative(folder / name) if destination else str(folder / name)
+        raise InvalidArgumentError(
+            f"{shown} already exists; pass --overwrite to replace it or choose another --name (nothing was paid for)."
+        )
+    return Saving(options, destination, name, bool(args.overwrite))
+
+
+def _flagged(flag: str, check: Callable[..., str], *values: Any) -> str:
+    """Run a check whose message names the tool argument; say the command-line flag instead."""
+    try:
+        return check(*values)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"{flag}: {exc.message}") from exc
+
+
+def _project_folder(out: str) -> Destination:
+    """--out as a folder inside the current directory (the project), symlinks resolved."""
+    project = Path.cwd()
+    try:
+        return resolve_destination(out, [project], project)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(
+            f"--out {out[:200]} is outside the current directory ({project}); give a folder inside it, "
+            "e.g. --out assets/sfx (nothing was paid for)."
+        ) from exc
+
+
+def _writable(folder: Path) -> None:
+    """The folder, or the nearest part of it that exists, can be written to (it is created when the file arrives)."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(f"{folder} cannot be written to ({existing} is not a writable folder).")
+
+
+async def _save(jobs: JobService, job: AudioJob, saving: Saving) -> AudioJob:
+    """Save the finished job as asked; if that fails, the job is paid for: say where its audio is and how to retry."""
+    if job.file is None or not saving.wanted:
+        return job
+    try:
         return await jobs.download(
-            job.request_id, filename=args.name, options=options, destination=destination, overwrite=args.overwrite
+            job.request_id,
+            filename=saving.name,
+            options=saving.options,
+            destination=saving.destination,
+            overwrite=saving.overwrite,
+        )
+    except MmaudioError as exc:
+        raise NotSavedError(
+            f"Job {job.request_id} completed and its WAV is at {job.file.path}, but the copy you asked for could not "
+            f"be made: {exc.message} To try again without paying: mmaudio-mcp status {job.request_id} "
+            "with the same saving options."
+        ) from exc
+
+
+def _require_key(args: argparse.Namespace, settings: Settings) -> None:
+    if not args.sandbox and settings.api_key is None:
+        raise ConfigurationError(
+            "No Pixazo API key: set PIXAZO_API_KEY to your subscription key, "
+            "or add --sandbox to try it offline (fake audio)."
         )
 
 
@@ -131,8 +216,16 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _status(args: argparse.Namespace, settings: Settings) -> AudioJob:
-    async with job_service(args, settings) as jobs, _progress_bar(f"Checking {args.request_id}") as show:
-        return await jobs.check(args.request_id, wait_seconds=args.wait_seconds, progress=show)
+    options = processing_options(args)
+    async with job_service(args, settings) as jobs:
+        saving = check_saving(args, options, jobs.output_dir)
+        async with _progress_bar(f"Checking {args.request_id}") as show:
+            try:
+                job = await jobs.check(args.request_id, wait_seconds=args.wait_seconds, progress=show)
+            except ConfigurationError:
+                _require_key(args, settings)  # a job not in the store needs the key: say so in command-line words
+                raise
+        return await _save(jobs, job, saving)
 
 
 @asynccontextmanager

@@ -175,3 +175,87 @@ def test_generate_saves_a_processed_file_into_the_project(tmp_path: Path) -> Non
     assert not (tmp_path / "elsewhere").exists()
     listed = json.loads(run_cli(tmp_path, "jobs", "--sandbox", "--json").stdout)
     assert len(listed) == 1, "a refused --out must be caught before a job is paid for"
+
+
+SANDBOX = ("--sandbox", "--sandbox-speed", "0.02")
+
+
+def submitted(tmp_path: Path) -> int:
+    """How many jobs the sandbox store holds: each one was paid for."""
+    return len(json.loads(run_cli(tmp_path, "jobs", "--sandbox", "--json").stdout))
+
+
+@pytest.mark.parametrize(
+    ("saving", "says"),
+    [
+        (("--name", "a/b"), "--name"),
+        (("--name", "door.mp3", "--format", "ogg"), "--name"),
+        (("--out", "../elsewhere"), "outside the current directory"),
+        (("--out", "blocked/sfx"), "cannot be written"),
+        (("--name", "taken"), "--overwrite"),
+        (("--format", "mp3", "--sample-rate", "96000"), "mp3"),
+    ],
+)
+def test_generate_checks_where_and_how_it_saves_before_paying(
+    tmp_path: Path, saving: tuple[str, ...], says: str
+) -> None:
+    """A bad name, a folder outside the project or not writable, an existing file without --overwrite and an
+    impossible format option are refused with exit 1 before a job is submitted (no job in the store)."""
+    project = tmp_path / "game"
+    project.mkdir()
+    (project / "taken.wav").write_bytes(b"RIFF")
+    (project / "blocked").write_text("a file, not a folder")
+    done = run_cli(tmp_path, "generate", "a bell", "--duration", "2", *SANDBOX, "--out", ".", *saving, cwd=project)
+    assert done.returncode == 1, done.stderr
+    assert says in done.stderr
+    assert len([line for line in done.stderr.splitlines() if line.startswith("error")]) == 1, done.stderr
+    assert submitted(tmp_path) == 0
+    assert (project / "taken.wav").read_bytes() == b"RIFF"
+
+
+def test_a_save_that_fails_after_payment_prints_the_request_id_and_the_wav(tmp_path: Path) -> None:
+    """If the copy cannot be made once the job is paid for (here: the name was taken while the job ran), the error
+    gives the request_id and the delivered WAV's path, and `status <id>` with the saving options finishes the job."""
+    project = tmp_path / "game"
+    project.mkdir()
+    command = [sys.executable, "-m", "mmaudio_mcp", "generate", "a bell", "--duration", "2", "--sandbox"]
+    command += ["--sandbox-speed", "1", "--out", "sfx", "--name", "bell"]
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path / "home")}
+    env |= {"MMAUDIO_OUTPUT_DIR": str(tmp_path / "out"), "MMAUDIO_STATE_DIR": str(tmp_path / "state")}
+    with subprocess.Popen(
+        command, env=env, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as p:
+        while submitted(tmp_path) == 0:  # the job is paid for: now take its name
+            assert p.poll() is None, p.communicate()
+        (project / "sfx").mkdir()
+        (project / "sfx" / "bell.wav").write_bytes(b"somebody else's file")
+        _out, err = p.communicate(timeout=60)
+    assert p.returncode == 1
+    [job] = json.loads(run_cli(tmp_path, "jobs", "--sandbox", "--json").stdout)
+    assert job["request_id"] in err
+    assert job["file"]["path"] in err and Path(job["file"]["path"]).is_file()
+    assert "--overwrite" in err or "overwrite" in err
+    again = run_cli(tmp_path, "status", job["request_id"], "--sandbox", "--out", "sfx", "--name", "bell2", cwd=project)
+    assert again.returncode == 0, again.stderr
+    assert Path(again.stdout.strip()) == project / "sfx" / "bell2.wav"
+    assert submitted(tmp_path) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "sentence"),
+    [
+        (("generate", "x", "--duration", "abc"), 2, "--duration must be a whole number (got 'abc')"),
+        (("generate", "x", "--format", "aac"), 2, "--format must be one of wav, flac, ogg, mp3 (got 'aac')"),
+        (("jobs", "--limit", "-3"), 2, "--limit must be a whole number between 1 and 1000 (got '-3')"),
+        (("generate", "x", "--duration", "99", "--sandbox"), 1, "--duration must be between 2 and 30 seconds (got 99)"),
+        (("generate", "x", "--normalize", "-50", "--sandbox"), 1, "--normalize must be between -40 and -5 LUFS"),
+    ],
+)
+def test_argument_errors_are_one_sentence_naming_the_flag_the_range_and_the_value(
+    tmp_path: Path, args: tuple[str, ...], code: int, sentence: str
+) -> None:
+    """A bad argument gets one line naming the flag, what it accepts and what was given (no usage block)."""
+    done = run_cli(tmp_path, *args)
+    assert done.returncode == code
+    assert sentence in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
