@@ -13,7 +13,8 @@ The hierarchy:
     │   ├── InsufficientBalanceError  402
     │   ├── ForbiddenError            403
     │   ├── RateLimitedError          429 (carries retry_after)
-    │   └── UpstreamUnavailableError  5xx, or an answer we cannot read
+    │   ├── UpstreamUnavailableError  5xx, or an answer we cannot read
+    │   └── UpstreamProtocolError     an answer no retry will fix: unknown status, oversized body, unusable id
     ├── NetworkError                  Pixazo could not be reached (DNS, connect, timeout)
     ├── SubmissionUncertainError      the submit may have reached Pixazo; the job may exist and be billed
     ├── JobFailedError                the job ended FAILED or ERROR upstream
@@ -121,6 +122,12 @@ class UpstreamUnavailableError(UpstreamError):
     retryable = True
 
 
+class UpstreamProtocolError(UpstreamError):
+    """Pixazo answered in a way this client cannot use, and asking again the same way will not change it."""
+
+    kind = "upstream_protocol"
+
+
 class NetworkError(MmaudioError):
     """Pixazo could not be reached."""
 
@@ -170,6 +177,18 @@ class NotSavedError(MmaudioError):
     kind = "not_saved"
 
 
+class StoreError(MmaudioError):
+    """The local job database cannot be used; the message names the file and what to do."""
+
+    kind = "store"
+
+
+class LocalStorageError(MmaudioError):
+    """Audio could not be written on this machine (disk full, read-only folder, no permission)."""
+
+    kind = "local_storage"
+
+
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
@@ -180,15 +199,18 @@ __all__ = [
     "InvalidAudioError",
     "JobFailedError",
     "JobNotReadyError",
+    "LocalStorageError",
     "MediaError",
     "MediaTooLargeError",
     "MmaudioError",
     "NetworkError",
     "NotSavedError",
     "RateLimitedError",
+    "StoreError",
     "SubmissionUncertainError",
     "UnknownJobError",
     "UpstreamError",
+    "UpstreamProtocolError",
     "UpstreamUnavailableError",
     "unknown_job",
 ]
