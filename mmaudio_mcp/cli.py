@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -24,6 +25,14 @@ logger = logging.getLogger("mmaudio_mcp")
 
 COMMANDS = ("serve", "generate", "status", "jobs", "doctor", "sandbox")
 EXIT_USAGE = 2
+BARE_HELP: Final = """mmaudio-mcp is an MCP server: an MCP host (Claude Desktop, Claude Code, VS Code, Cursor...)
+starts it and talks to it over stdin/stdout, so run by hand it would just wait. To try it from a terminal:
+
+  mmaudio-mcp generate "rain on a tin roof" --sandbox     (no key needed; prints the path of a WAV)
+  mmaudio-mcp doctor                                      (checks your set-up, prints a host config)
+  mmaudio-mcp --help                                      (every command)
+
+To serve MCP over stdio from a terminal anyway: mmaudio-mcp serve (Ctrl+D or Ctrl+C to stop)."""
 EXIT_INTERRUPTED = 130
 
 
@@ -34,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     within the wait (its request_id is printed), 130 interrupted.
     """
     words = list(sys.argv[1:] if argv is None else argv)
+    if not words and sys.stdin.isatty():  # a person, not a host: say what this is instead of waiting silently
+        print(BARE_HELP, file=sys.stderr)
+        sys.exit(0)
     if not words or words[0] not in {*COMMANDS, "-h", "--help", "--version"}:
         words.insert(0, "serve")
     args = _parser().parse_args(words)
@@ -41,9 +53,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if args.command == "serve" else "%(levelname)s: %(message)s"
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format=fmt)
     try:
-        sys.exit(_dispatch(args))
+        code = _dispatch(args)
+        sys.stdout.flush()  # here, so a closed pipe is caught below rather than at interpreter exit
+        sys.exit(code)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:  # `mmaudio-mcp jobs --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except Exception as exc:
         if args.debug:
             raise
@@ -258,8 +275,33 @@ async def _serve(args: argparse.Namespace) -> None:
     transport = Transport(settings.transport)
     if transport is not Transport.STDIO:
         exposure.check()  # before anything starts, so the refusal is the only thing the user sees
+        _port_free(settings.host, settings.port)
+        path = "/sse" if transport is Transport.SSE else "/mcp"
+        print(
+            f"mmaudio-mcp: serving MCP ({transport.value}) on http://{settings.host}:{settings.port}{path}; "
+            "Ctrl+C stops it.",
+            file=sys.stderr,
+            flush=True,
+        )
     async with gateway(args, settings) as (settings, policy):
         await serve(build_server(settings, policy=policy), transport, exposure)
+
+
+def _port_free(host: str, port: int) -> None:
+    """Refuse a port already in use in one line (uvicorn would log an errno and exit 3, our "not finished" code)."""
+    import socket
+
+    from mmaudio_mcp.errors import ConfigurationError
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a closing socket is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigurationError(
+                f"Cannot listen on {host}:{port}: {exc.strerror or exc} (another server on that port?); "
+                "choose another with --port or MMAUDIO_PORT."
+            ) from exc
 
 
 def _run_sandbox(host: str, port: int, speed: float) -> None:

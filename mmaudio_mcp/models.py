@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -268,6 +269,15 @@ class JobRecord(BaseModel):
     file: AudioFile | None = None
 
 
+class NextStep(BaseModel):
+    """What should happen next with a job, as data: each face words it (the tools as a tool call, the terminal as a
+    command). `wait`: it is still running; `download`: it completed but its audio is not on disk yet;
+    `generate_again`: it failed, and only a new (paid) job can help."""
+
+    action: Literal["wait", "download", "generate_again"]
+    request_id: str | None = None
+
+
 class AudioJob(BaseModel):
     """A text-to-audio job as the agent sees it."""
 
@@ -283,6 +293,8 @@ class AudioJob(BaseModel):
     file: AudioFile | None = None
     error: JobError | None = None
     next_step: str | None = Field(default=None, description="What to call next, if anything.")
+    next: SkipJsonSchema[NextStep | None] = Field(default=None, exclude=True)
+    """What happens next, as data; each face words it into next_step (kept out of the wire format and schema)."""
 
 
 # --- Pixazo's wire format -------------------------------------------------------------------------------------------
@@ -333,6 +345,7 @@ __all__ = [
     "Loop",
     "MaskAwayClip",
     "NegativePrompt",
+    "NextStep",
     "Normalize",
     "NumSteps",
     "Overwrite",

@@ -74,6 +74,7 @@ def _nullable_as_type_list(node: dict[str, Any]) -> dict[str, Any]:
 
 def tool_result(job: AudioJob) -> CallToolResult:
     """Shape a job as a tool result: an error if it failed, else a summary, a link and the structured job."""
+    job = worded(job)
     if job.status in (JobStatus.FAILED, JobStatus.ERROR, JobStatus.REJECTED):
         reason = job.error.message if job.error else "no reason given"
         raise ToolError(f"Job {job.request_id} ended {job.status.value}: {reason}")
@@ -89,6 +90,17 @@ def tool_result(job: AudioJob) -> CallToolResult:
             )
         )
     return CallToolResult(content=content, structured_content=job.model_dump(mode="json"))
+
+
+def worded(job: AudioJob) -> AudioJob:
+    """The job with its next step (data from the domain) worded for a model: as the tool call to make."""
+    step, rid = job.next, job.request_id
+    words = {
+        "wait": f'Call check_status(request_id="{rid}", wait_seconds=30) to wait for the audio.',
+        "download": f'Call download_audio(request_id="{rid}") to fetch the audio.',
+        "generate_again": "Call generate_audio again, perhaps with a simpler prompt.",
+    }
+    return job.model_copy(update={"next_step": words[step.action] if step else None})
 
 
 def summary(job: AudioJob) -> str:

@@ -54,7 +54,9 @@ async def gateway(args: argparse.Namespace, settings: Settings) -> AsyncGenerato
     from mmaudio_mcp.schedule import PollPolicy
     from mmaudio_mcp.transport import serve_on_loopback
 
-    async with serve_on_loopback(create_sandbox(SandboxConfig(speed=args.sandbox_speed)).app) as url:
+    # The fake gateway keeps its jobs in the state folder, so `status <id> --sandbox` works after any exit.
+    config = SandboxConfig(speed=args.sandbox_speed, state_path=settings.state_dir / "sandbox" / "gateway.sqlite3")
+    async with serve_on_loopback(create_sandbox(config).app) as url:
         logger.warning("sandbox mode: fake Pixazo gateway at %s; no real audio is generated", url)
         sandboxed = settings.model_copy(
             update={
@@ -91,7 +93,7 @@ async def job_service(args: argparse.Namespace, settings: Settings) -> AsyncGene
 def generate(args: argparse.Namespace, settings: Settings, params: GenerationParams) -> int:
     """Generate one sound with a progress bar; print its path (or JSON)."""
     job = anyio.run(_generate, args, settings, params)
-    return _report_job(job, args.json)
+    return _report_job(job, args)
 
 
 async def _generate(args: argparse.Namespace, settings: Settings, params: GenerationParams) -> AudioJob:
@@ -212,20 +214,34 @@ def processing_options(args: argparse.Namespace) -> ProcessOptions:
 def status(args: argparse.Namespace, settings: Settings) -> int:
     """Report (and with --wait-seconds, wait for) one job; a completed job's WAV is saved."""
     job = anyio.run(_status, args, settings)
-    return _report_job(job, args.json)
+    return _report_job(job, args)
 
 
 async def _status(args: argparse.Namespace, settings: Settings) -> AudioJob:
     options = processing_options(args)
     async with job_service(args, settings) as jobs:
         saving = check_saving(args, options, jobs.output_dir)
-        async with _progress_bar(f"Checking {args.request_id}") as show:
+        request_id = await _full_id(jobs, args.request_id)
+        async with _progress_bar(f"Checking {request_id}") as show:
             try:
-                job = await jobs.check(args.request_id, wait_seconds=args.wait_seconds, progress=show)
+                job = await jobs.check(request_id, wait_seconds=args.wait_seconds, progress=show)
             except ConfigurationError:
                 _require_key(args, settings)  # a job not in the store needs the key: say so in command-line words
                 raise
         return await _save(jobs, job, saving)
+
+
+async def _full_id(jobs: JobService, given: str) -> str:
+    """The stored request_id that `given` is a unique prefix of (with or without the model's `..._` part)."""
+    records = await jobs.recent(10_000)
+    ids = {record.request_id for record in records if record.request_id}
+    if given in ids:
+        return given
+    matches = sorted(rid for rid in ids if rid.startswith(given) or rid.partition("_")[2].startswith(given))
+    if len(matches) > 1:
+        shown = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")
+        raise InvalidArgumentError(f"{given!r} matches {len(matches)} jobs ({shown}); give more of the request_id.")
+    return matches[0] if matches else given
 
 
 @asynccontextmanager
@@ -243,20 +259,36 @@ async def _progress_bar(description: str) -> AsyncGenerator[Any]:
         yield show
 
 
-def _report_job(job: AudioJob, as_json: bool) -> int:
+def _report_job(job: AudioJob, args: argparse.Namespace) -> int:
     """Print the job for a person (the path) or a script (JSON); choose the exit code."""
+    job = job.model_copy(update={"next_step": next_command(job, args) or None})  # in this face's words
     if job.status.is_terminal and job.file is None and job.error is not None:
-        raise JobFailedError(f"Job {job.request_id} ended {job.status.value}: {job.error.message}")
-    if as_json:
+        raise JobFailedError(
+            f"Job {job.request_id} ended {job.status.value}: {job.error.message} {next_command(job, args)}"
+        )
+    if args.json:
         print(job.model_dump_json(indent=2))
     elif job.file is not None:
         print(job.file.path)
     else:
         print(job.request_id)
     if job.file is None:
-        print(f"Not finished: {job.status.value}. {job.next_step or ''}".strip(), file=sys.stderr)
+        eta = f", about {job.eta_seconds:.0f} s left" if job.eta_seconds is not None else ""
+        print(f"Not finished yet ({job.status.value}{eta}). {next_command(job, args)}".strip(), file=sys.stderr)
         return EXIT_NOT_FINISHED
     return EXIT_OK
+
+
+def next_command(job: AudioJob, args: argparse.Namespace) -> str:
+    """The job's next step (data from the domain) worded for a person at a terminal: the command to run."""
+    if job.next is None:
+        return ""
+    sandbox = " --sandbox" if args.sandbox else ""
+    if job.next.action == "wait":
+        return f"To wait for it (nothing is paid again): mmaudio-mcp status {job.request_id} --wait-seconds 60{sandbox}"
+    if job.next.action == "download":
+        return f"To fetch its audio: mmaudio-mcp status {job.request_id}{sandbox}"
+    return "Generating again (a new, paid job), perhaps with a simpler prompt, may help."
 
 
 # --- jobs -------------------------------------------------------------------------------------------------------
@@ -271,10 +303,17 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     from rich.table import Table
 
-    table = Table("request_id", "status", "prompt", "created (UTC)", "file", title=f"{len(records)} recent jobs")
-    for record in records:
-        table.add_row(*_job_row(record))
-    _console().print(table)
+    rows = [_job_row(record) for record in records]
+    table = Table(title=f"{len(records)} recent jobs")
+    # request ids are copied into `status`: never cut or wrapped; the prompt gives way first.
+    table.add_column("request_id", no_wrap=True, min_width=max((len(row[0]) for row in rows), default=10))
+    table.add_column("status", no_wrap=True)
+    table.add_column("prompt", no_wrap=True, overflow="ellipsis", max_width=40)
+    table.add_column("created (UTC)", no_wrap=True)
+    table.add_column("file", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    _console(wide=not sys.stdout.isatty()).print(table)  # piped or captured: no 80-column squeeze
     return EXIT_OK
 
 
@@ -304,13 +343,19 @@ def _job_row(record: JobRecord) -> tuple[str, str, str, str, str]:
 
 def doctor(args: argparse.Namespace, settings: Settings) -> int:
     """Check what a working set-up needs and print the host config to paste; exit 1 if something is missing."""
-    checks = anyio.run(_checks, settings)
+    checks = anyio.run(_doctor_checks, args, settings)
     config = host_config(settings)
     if args.json:
         print(json.dumps({"checks": checks, "host_config": config}, indent=2))
     else:
         _print_checks(checks, config)
     return EXIT_OK if all(check["ok"] for check in checks) else EXIT_ERROR
+
+
+async def _doctor_checks(args: argparse.Namespace, settings: Settings) -> list[dict[str, Any]]:
+    """The checks, against the real gateway or (--sandbox) the built-in fake one."""
+    async with gateway(args, settings) as (checked, _policy):
+        return await _checks(checked)
 
 
 async def _checks(settings: Settings) -> list[dict[str, Any]]:
@@ -387,10 +432,10 @@ def _print_checks(checks: list[dict[str, Any]], config: dict[str, Any]) -> None:
     console.print_json(json.dumps(config))
 
 
-def _console(*, stderr: bool = False) -> Console:
+def _console(*, stderr: bool = False, wide: bool = False) -> Console:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, width=240 if wide else None)
 
 
 __all__ = [

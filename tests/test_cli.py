@@ -259,3 +259,91 @@ def test_argument_errors_are_one_sentence_naming_the_flag_the_range_and_the_valu
     assert done.returncode == code
     assert sentence in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_an_unfinished_job_says_the_command_to_run_and_status_finds_it_by_prefix_after_exit(tmp_path: Path) -> None:
+    """Exit 3 words the next step as a command (not a tool call); a new process, with the sandbox's jobs kept in
+    the state folder, finishes the job from a unique prefix of its request_id."""
+    made = run_cli(tmp_path, "generate", "a bell", "--duration", "2", "--sandbox", "--sandbox-speed", "0.5",
+                   "--wait-seconds", "0")  # fmt: skip
+    assert made.returncode == 3, made.stderr
+    request_id = made.stdout.strip()
+    assert f"mmaudio-mcp status {request_id} --wait-seconds 60 --sandbox" in made.stderr
+    assert "check_status(" not in made.stderr
+    prefix = request_id.partition("_")[2][:8]
+    done = run_cli(tmp_path, "status", prefix, "--sandbox", "--wait-seconds", "30")
+    assert done.returncode == 0, done.stderr
+    assert read_wav_info(Path(done.stdout.strip())).duration_seconds > 1
+    assert submitted(tmp_path) == 1
+
+
+def test_jobs_shows_whole_request_ids_and_stops_quietly_when_the_reader_leaves(tmp_path: Path) -> None:
+    """The table never cuts a request_id (people copy it into `status`); `jobs --json | head` ends without a
+    BrokenPipeError."""
+    made = run_cli(tmp_path, "generate", "a bell", "--duration", "2", *SANDBOX)
+    assert made.returncode == 0, made.stderr
+    [job] = json.loads(run_cli(tmp_path, "jobs", "--sandbox", "--json").stdout)
+    assert job["request_id"] in run_cli(tmp_path, "jobs", "--sandbox").stdout
+    command = [sys.executable, "-m", "mmaudio_mcp", "jobs", "--sandbox", "--json"]
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path / "home"),
+        "MMAUDIO_STATE_DIR": str(tmp_path / "state"),
+    }
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()  # like `head` after its first lines
+        err = process.stderr.read().decode()
+    assert process.returncode == 0, err
+    assert "BrokenPipe" not in err and "Traceback" not in err
+
+
+def test_doctor_with_the_sandbox_checks_the_fake_gateway(tmp_path: Path) -> None:
+    """`doctor --sandbox` runs its checks against the built-in gateway (no key needed), so every check passes."""
+    done = run_cli(tmp_path, "doctor", "--sandbox", "--json")
+    assert done.returncode == 0, done.stdout
+    checks = {check["name"]: check for check in json.loads(done.stdout)["checks"]}
+    assert checks["API key"]["ok"] and checks["gateway"]["ok"]
+
+
+def test_a_bare_command_in_a_terminal_explains_itself_instead_of_waiting(tmp_path: Path) -> None:
+    """`mmaudio-mcp` typed in a terminal (stdin a tty) says what it is and how to try it, and exits."""
+    import pty
+
+    main_fd, child_fd = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "mmaudio_mcp"], stdin=child_fd, capture_output=True, text=True, timeout=30,
+            env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)},
+        )  # fmt: skip
+    finally:
+        os.close(main_fd)
+        os.close(child_fd)
+    assert done.returncode == 0
+    assert "mmaudio-mcp generate" in done.stderr and "--sandbox" in done.stderr
+    assert done.stdout == ""
+
+
+def test_serve_over_http_says_where_it_listens_and_a_busy_port_is_one_line(tmp_path: Path) -> None:
+    """`serve --transport streamable-http` prints its URL on stderr; a port in use is refused in one line, exit 1."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run_cli(tmp_path, "serve", "--sandbox", "--transport", "streamable-http", "--port", str(port))
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0] and "--port" in errors[0], done.stderr
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "mmaudio_mcp", "serve", "--sandbox", "--transport", "streamable-http"]
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "MMAUDIO_STATE_DIR": str(tmp_path / "s")}
+    with subprocess.Popen([*command, "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True) as process:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        process.terminate()
+        process.wait(timeout=30)
+    assert f"http://127.0.0.1:{port}/mcp" in line
