@@ -25,8 +25,15 @@ from mmaudio_mcp.audio import (
 )
 from mmaudio_mcp.errors import MediaError
 from mmaudio_mcp.models import AudioFile, JobError, JobRecord, utc_now
-from mmaudio_mcp.placement import Destination, place_copy, resolve_destination
+from mmaudio_mcp.placement import (
+    Destination,
+    local_storage_error,
+    place_copy,
+    remove_leftovers,
+    resolve_destination,
+)
 from mmaudio_mcp.processing import process_file
+from mmaudio_mcp.store import LeaseLostError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -34,7 +41,7 @@ if TYPE_CHECKING:
     from mmaudio_mcp.errors import MmaudioError
     from mmaudio_mcp.pixazo import PixazoClient
     from mmaudio_mcp.processing import ProcessedAudio, ProcessOptions
-    from mmaudio_mcp.store import JobStore
+    from mmaudio_mcp.store import JobStore, Leases
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +67,12 @@ class JobFiles:
         output_dir: Path,
         limits: Limits,
         refresh: Callable[[JobRecord], Awaitable[JobRecord]],
+        *,
+        leases: Leases | None = None,
     ) -> None:
-        """`refresh` re-reads a job's status from Pixazo (for a fresh media URL when the stored one fails)."""
+        """`refresh` re-reads a job's status from Pixazo (for a fresh media URL when the stored one fails);
+        `leases` make one process at a time download a job (others wait for its file)."""
+        self._leases = leases
         self._client = client
         self._store = store
         self._output_dir = output_dir
@@ -82,26 +93,58 @@ class JobFiles:
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._locks.pop(request_id, None)
 
+    async def clean_leftovers(self) -> None:
+        """Remove temporary files that interrupted writes left in the output folder (none another process is
+        writing); run once at start-up, in the background."""
+        try:
+            await remove_leftovers(self._output_dir)
+        except OSError as exc:
+            logger.warning("could not clean interrupted downloads in %s: %s", self._output_dir, exc)
+
     async def ensure(self, record: JobRecord, *, verify: bool = False) -> JobRecord:
         """Download the audio once per job: concurrent callers wait for the first, later ones reuse the file."""
-        assert record.request_id is not None
-        async with self._job_lock(record.request_id):
-            record = await self._store.get(record.request_id) or record
-            if record.file is not None and (
-                not verify or await verify_file(Path(record.file.path), record.file.sha256)
-            ):
+        request_id = record.request_id
+        assert request_id is not None
+        async with self._job_lock(request_id):
+            record = await self._store.get(request_id) or record
+            if await _usable(record, verify=verify):
                 return record
+            # One process at a time downloads a job: the lease holder. Another waits for its file, or for its
+            # lease to end (a holder that died is taken over at most one lease later).
+            leases = self._leases
+            while leases is not None and not await leases.acquire(request_id):
+                await anyio.sleep(leases.follow_seconds)
+                record = await self._store.get(request_id) or record
+                if await _usable(record, verify=verify):
+                    return record
             try:
-                file = await self._fetch(record)
-            except MediaError as exc:
-                await self._store.save(record_error(record, exc))
-                raise type(exc)(
-                    f"Job {record.request_id} completed, but its audio could not be saved: {exc.message} "
-                    f'Call download_audio(request_id="{record.request_id}") to try again.'
-                ) from exc
-            record = record.model_copy(update={"file": file, "error": None, "updated_at": utc_now()})
-            await self._store.save(record)
-            return record
+                record = await self._store.get(request_id) or record
+                if await _usable(record, verify=verify):
+                    return record
+                return await self._download_and_record(record)
+            finally:
+                if leases is not None:
+                    await leases.release(request_id)
+
+    async def _download_and_record(self, record: JobRecord) -> JobRecord:
+        try:
+            file = await self._fetch(record)
+        except MediaError as exc:
+            await self._store.save(record_error(record, exc))
+            raise type(exc)(
+                f"Job {record.request_id} completed, but its audio could not be saved: {exc.message} "
+                f'Call download_audio(request_id="{record.request_id}") to try again.'
+            ) from exc
+        except OSError as exc:
+            error = local_storage_error(exc, self._output_dir, record.request_id or "")
+            await self._store.save(record_error(record, error))
+            raise error from exc
+        record = record.model_copy(update={"file": file, "error": None, "updated_at": utc_now()})
+        fence = self._leases.holder if self._leases is not None else None
+        try:
+            return await self._store.save(record, fence=fence)
+        except LeaseLostError:  # held up past the lease: another process took over; its row wins, the file is here
+            return await self._store.get(record.request_id or "") or record
 
     async def _fetch(self, record: JobRecord) -> AudioFile:
         """Download the media, asking Pixazo once for a fresh URL if the stored one fails."""
@@ -139,10 +182,14 @@ class JobFiles:
             assert record.file is not None
             source = Path(record.file.path)
             dest = source.with_name(f"{source.stem}-{key}.{options.format}")
-            processed = await anyio.to_thread.run_sync(process_file, source, dest, options)
+            try:
+                processed = await anyio.to_thread.run_sync(process_file, source, dest, options)
+            except OSError as exc:
+                raise local_storage_error(exc, dest.parent, record.request_id) from exc
             file = await _described(processed)
-            record = record.model_copy(update={"variants": {**record.variants, key: file}, "updated_at": utc_now()})
-            await self._store.save(record)
+            # The store merges variants: one made by another process meanwhile is kept beside this one.
+            record = record.model_copy(update={"variants": {key: file}, "updated_at": utc_now()})
+            record = await self._store.save(record)
             return record, file
 
     async def place(
@@ -151,10 +198,20 @@ class JobFiles:
         """Copy the file into the destination folder (the output folder by default) under its name or `filename`."""
         destination = destination or resolve_destination(None, (), self._output_dir)
         name = checked_filename(filename, file.format) if filename else Path(file.path).name
-        target = await place_copy(Path(file.path), file.sha256, destination, name, overwrite=overwrite)
+        try:
+            target = await place_copy(Path(file.path), file.sha256, destination, name, overwrite=overwrite)
+        except OSError as exc:
+            raise local_storage_error(exc, destination.folder) from exc
         return file.model_copy(
             update={"path": str(target), "uri": target.as_uri(), "relative_path": destination.relative(target)}
         )
+
+
+async def _usable(record: JobRecord, *, verify: bool) -> bool:
+    """Whether the job's file is recorded (and, when asked, still on disk with its checksum)."""
+    if record.file is None:
+        return False
+    return not verify or await verify_file(Path(record.file.path), record.file.sha256)
 
 
 _SAMPLE_FORMATS: Final = {"wav": "float32", "flac": "pcm24", "ogg": "vorbis", "mp3": "mp3"}

@@ -30,11 +30,11 @@ from mmaudio_mcp.errors import (
     unknown_job,
 )
 from mmaudio_mcp.files import JobFiles, Limits, record_error
-from mmaudio_mcp.models import AudioJob, JobError, JobRecord, JobStatus, NextStep, is_valid_request_id, utc_now
+from mmaudio_mcp.models import AudioJob, JobError, JobRecord, JobStatus, is_valid_request_id, utc_now
 from mmaudio_mcp.pixazo import PixazoClient
 from mmaudio_mcp.polling import Pollers, elapsed_seconds
 from mmaudio_mcp.schedule import PollPolicy, eta_seconds, expected_seconds, seconds_per_unit
-from mmaudio_mcp.store import SqliteJobStore
+from mmaudio_mcp.store import LeaseLostError, Leases, SqliteJobStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -79,14 +79,20 @@ class JobService:
         limits: Limits | None = None,
         policy: PollPolicy | None = None,
         webhook_base: str | None = None,
+        lease_seconds: float | None = None,
     ) -> None:
+        """`lease_seconds`: how long a job's lease lasts without renewal (MMAUDIO_LEASE_SECONDS, else 20 s); a
+        process that dies holding one is taken over that much later."""
         self._client = client
         self._store = store
         self._output_dir = output_dir
-        self._files = JobFiles(client, store, output_dir, limits or Limits(), self._refresh)
+        self._leases = Leases(store, lease_seconds)
+        self._files = JobFiles(client, store, output_dir, limits or Limits(), self._refresh, leases=self._leases)
         self._policy = policy or PollPolicy()
         self._webhook_base = webhook_base
-        self._pollers = Pollers(self._step, self._expected, self._policy, webhooks=webhook_base is not None)
+        self._pollers = Pollers(
+            self._step, self._expected, self._policy, webhooks=webhook_base is not None, leases=self._leases
+        )
         self._webhook_jobs: dict[str, str] = {}
         self._keys: dict[str, SecretStr] = {}  # owner hash -> key, in memory only, to poll for absent callers
         self._rate = self._policy.prior_seconds_per_unit
@@ -94,13 +100,18 @@ class JobService:
 
     async def __aenter__(self) -> Self:
         # Nothing touches disk or network here: start-up stays fast, and a host that only lists tools pays nothing.
+        await self._leases.__aenter__()
         await self._pollers.__aenter__()
+        self._leases.start_soon(self._files.clean_leftovers, name="clean leftovers")
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
-        return await self._pollers.__aexit__(exc_type, exc, tb)
+        try:
+            return await self._pollers.__aexit__(exc_type, exc, tb)
+        finally:
+            await self._leases.__aexit__(exc_type, exc, tb)
 
     # --- the three operations ---------------------------------------------------------------------------------------
 
@@ -230,7 +241,7 @@ class JobService:
             media_url=record.media_url,
             file=record.file,
             error=record.error,
-            next=_next_step(record),
+            next_step=_next_step(record),
         )
 
     # --- submit -----------------------------------------------------------------------------------------------------
@@ -270,11 +281,21 @@ class JobService:
     # --- polling ----------------------------------------------------------------------------------------------------
 
     async def _step(self, record: JobRecord) -> JobRecord:
-        """Poll once; once the job is complete, fetch its audio (even if the caller goes away meanwhile)."""
-        record = await self._apply(record, await self._status(record))
-        if record.status is JobStatus.COMPLETED:
-            with anyio.CancelScope(shield=True):  # a paid result is saved even if the last waiter leaves
-                record = await self._files.ensure(record)
+        """Poll once; once the job is complete, fetch its audio (even if the caller goes away meanwhile). Only the
+        process holding the job's lease does this; any other re-reads the row that process keeps up to date."""
+        request_id = record.request_id
+        assert request_id is not None
+        if not await self._leases.acquire(request_id):
+            return await self._store.get(request_id) or record
+        try:
+            record = await self._store.get(request_id) or record  # the last holder may have got further
+            if not record.status.is_terminal:
+                record = await self._apply(record, await self._status(record))
+            if record.status is JobStatus.COMPLETED and record.file is None:
+                with anyio.CancelScope(shield=True):  # a paid result is saved even if the last waiter leaves
+                    record = await self._files.ensure(record)
+        finally:
+            await self._leases.release(request_id)
         return record
 
     async def _apply(self, record: JobRecord, reply: StatusReply) -> JobRecord:
@@ -289,8 +310,12 @@ class JobService:
         if all(getattr(record, key) == value for key, value in update.items()):
             return record
         record = record.model_copy(update={**update, "updated_at": utc_now()})
-        with anyio.CancelScope(shield=True):
-            await self._store.save(record)
+        rid = record.request_id or ""
+        with anyio.CancelScope(shield=True):  # fenced: a process that lost the lease writes nothing
+            try:
+                record = await self._store.save(record, fence=self._leases.holder if self._leases.holds(rid) else None)
+            except LeaseLostError:
+                return await self._store.get(rid) or record
         if record.status is JobStatus.COMPLETED:
             await self._learn_rate()
         return record
@@ -374,15 +399,14 @@ def _not_downloadable(job: AudioJob) -> MmaudioError:
     )
 
 
-def _next_step(record: JobRecord) -> NextStep | None:
-    """What should happen next, as data: the tools and the terminal each word it their way."""
+def _next_step(record: JobRecord) -> str | None:
     rid = record.request_id
     if not record.status.is_terminal:
-        return NextStep(action="wait", request_id=rid)
+        return f'Call check_status(request_id="{rid}", wait_seconds=30) to wait for the audio.'
     if record.status is JobStatus.COMPLETED and record.file is None:
-        return NextStep(action="download", request_id=rid)
+        return f'Call download_audio(request_id="{rid}") to fetch the audio.'
     if record.status is not JobStatus.COMPLETED:
-        return NextStep(action="generate_again", request_id=rid)
+        return "Call generate_audio again, perhaps with a simpler prompt."
     return None
 
 
@@ -397,6 +421,7 @@ async def open_job_service(
     policy: PollPolicy | None = None,
     webhook_base: str | None = None,
     limits: Limits | None = None,
+    lease_seconds: float | None = None,
 ) -> AsyncGenerator[JobService]:
     """Assemble the Pixazo client, the store and the service, and close them in order afterwards. The HTTP client
     and the database open on first use: a host that only lists tools pays for neither."""
@@ -404,7 +429,15 @@ async def open_job_service(
     client = PixazoClient(None, api_key, gateway_url, transport=http_transport, timeout=limits.http_timeout)
     store = SqliteJobStore.in_folder(state_dir)
     try:
-        service = JobService(client, store, output_dir, limits=limits, policy=policy, webhook_base=webhook_base)
+        service = JobService(
+            client,
+            store,
+            output_dir,
+            limits=limits,
+            policy=policy,
+            webhook_base=webhook_base,
+            lease_seconds=lease_seconds,
+        )
         async with service:
             yield service
     finally:
