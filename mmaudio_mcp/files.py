@@ -181,7 +181,7 @@ class JobFiles:
                 return record, cached
             assert record.file is not None
             source = Path(record.file.path)
-            dest = source.with_name(f"{source.stem}-{key}.{options.format}")
+            dest = variant_path(source, key, options.format)
             try:
                 processed = await anyio.to_thread.run_sync(process_file, source, dest, options)
             except OSError as exc:
@@ -235,10 +235,16 @@ async def _described(processed: ProcessedAudio) -> AudioFile:
     )
 
 
+def variant_path(source: Path, key: str, fmt: str) -> Path:
+    """Where the variant `key` (ProcessOptions.variant_key()) of a delivered file lives: beside it. The one naming
+    rule, for making variants and for finding one again by key (the audio://{request_id}/{key}.{fmt} resources)."""
+    return source.with_name(f"{source.stem}-{key}.{fmt}")
+
+
 def record_error(record: JobRecord, exc: MmaudioError) -> JobRecord:
     """The record with this failure noted in it (kind, message, whether trying again can help)."""
     error = JobError(kind=exc.kind, message=exc.message, retryable=exc.retryable)
     return record.model_copy(update={"error": error, "updated_at": utc_now()})
 
 
-__all__ = ["JobFiles", "Limits", "record_error"]
+__all__ = ["JobFiles", "Limits", "record_error", "variant_path"]

@@ -7,7 +7,11 @@ and acoustic spaces far better than moods or music theory.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Annotated, Final
+
+from pydantic import Field
+
+from mmaudio_mcp.models import Duration
 
 _RULES: Final = """Rules for MMAudio v2 prompts:
 - One short sentence, under 40 words: the sound source, what it does, the material, the space (e.g. "heavy wooden \
@@ -19,7 +23,15 @@ door creaks open slowly in a stone hallway, reverberant").
 (lower it to 3.5). There is no seed: ask for a second take if the first misses."""
 
 
-def sound_effect(subject: str, context: str = "", duration: int = 2) -> str:
+Subject = Annotated[str, Field(min_length=1, description="The sound effect wanted, e.g. 'a heavy door slams'.")]
+Context = Annotated[str, Field(description="Where it will be used, e.g. 'a horror game, stone corridor'.")]
+Place = Annotated[str, Field(min_length=1, description="The place to hear, e.g. 'a harbour at dawn'.")]
+MoodHint = Annotated[str, Field(description="A feeling to translate into audible sources, e.g. 'lonely'.")]
+EffectSeconds = Annotated[Duration, Field(description="Clip length in seconds (2-30; effects: 2-4).")]
+AmbienceSeconds = Annotated[Duration, Field(description="Clip length in seconds (2-30; ambience: 10-30).")]
+
+
+def sound_effect(subject: Subject, context: Context = "", duration: EffectSeconds = 2) -> str:
     """Ask for one sound effect, written the way MMAudio understands best."""
     where = f" It will be used in: {context}." if context else ""
     return (
@@ -31,7 +43,7 @@ def sound_effect(subject: str, context: str = "", duration: int = 2) -> str:
     )
 
 
-def ambience(place: str, mood_hint: str = "", duration: int = 15) -> str:
+def ambience(place: Place, mood_hint: MoodHint = "", duration: AmbienceSeconds = 15) -> str:
     """Ask for a background ambience bed, written the way MMAudio understands best."""
     hint = (
         f" The scene should feel {mood_hint}; translate that into audible sources, not adjectives." if mood_hint else ""

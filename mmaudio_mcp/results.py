@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import anyio
 import anyio.to_thread
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import AudioContent, CallToolResult, ContentBlock, ResourceLink, TextContent
+from mcp.types import (
+    AudioContent,
+    BlobResourceContents,
+    CallToolResult,
+    ContentBlock,
+    EmbeddedResource,
+    ResourceLink,
+    TextContent,
+)
 
 from mmaudio_mcp.models import JobStatus
 from mmaudio_mcp.player import AUDIO_META_KEY, CHUNK_CAP, PEAKS_META_KEY, wav_peaks
@@ -21,8 +29,27 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+MAX_MESSAGE_BYTES: Final = 1024 * 1024
+"""No message we send may exceed this: the Python SDK's HTTP clients refuse a larger server-sent event (on SSE
+the whole session dies), and other hosts' limits are undocumented."""
 INLINE_AUDIO_LIMIT: Final = 600 * 1024
-"""Raw bytes we inline: base64 grows them by a third, and the SDK's HTTP clients refuse messages over 1 MiB."""
+"""Raw bytes we inline or link: base64 grows them by a third, leaving room in a 1 MiB message."""
+LINKABLE_BYTES: Final = INLINE_AUDIO_LIMIT
+MIME_TYPES: Final = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
+PREVIEW_NAME: Final = "preview.ogg"
+"""The compressed preview of a job's delivered WAV (mono 22.05 kHz Vorbis) that always fits in one message."""
+RESOURCE_LINKS_SINCE: Final = "2025-06-18"
+"""resource_link content blocks exist from this protocol version on; older clients get the same facts as text."""
+AUDIO_CONTENT_SINCE: Final = "2025-03-26"
+
+
+def audio_uri(request_id: str, variant_key: str | None = None, fmt: str = "wav") -> str:
+    """The resource URI of a job's delivered WAV (no key) or of one of its variants (its own URI each)."""
+    return f"audio://{request_id}" if variant_key is None else f"audio://{request_id}/{variant_key}.{fmt}"
+
+
+def preview_uri(request_id: str) -> str:
+    return f"audio://{request_id}/{PREVIEW_NAME}"
 
 
 def compact_schema(schema: dict[str, Any], *, for_output: bool = False) -> dict[str, Any]:
@@ -72,24 +99,54 @@ def _nullable_as_type_list(node: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def tool_result(job: AudioJob) -> CallToolResult:
-    """Shape a job as a tool result: an error if it failed, else a summary, a link and the structured job."""
+def tool_result(job: AudioJob, *, file_uri: str | None = None, preview: AudioFile | None = None) -> CallToolResult:
+    """Shape a job as a tool result: an error if it failed, else a summary, links and the structured job.
+
+    Only resources a client can read in one message (at most 1 MiB) are linked, each link naming exactly what its
+    URI returns: the job's file at `file_uri` (its delivered WAV by default) when small enough, and the `preview`
+    (always small). A file too large to link is named by its path in the text."""
     job = worded(job)
     if job.status in (JobStatus.FAILED, JobStatus.ERROR, JobStatus.REJECTED):
         reason = job.error.message if job.error else "no reason given"
         raise ToolError(f"Job {job.request_id} ended {job.status.value}: {reason}")
     content: list[ContentBlock] = [TextContent(type="text", text=summary(job))]
     if job.file is not None:
-        content.append(
-            ResourceLink(
-                type="resource_link",
-                uri=f"audio://{job.request_id}",
-                name=job.file.path.rsplit("/", 1)[-1],
-                mime_type="audio/wav",
-                size=job.file.bytes,
+        name = job.file.path.rsplit("/", 1)[-1]
+        if job.file.bytes <= LINKABLE_BYTES:
+            content.append(_link(file_uri or audio_uri(job.request_id), name, job.file))
+        if preview is not None and preview.bytes <= LINKABLE_BYTES:
+            stem = name.rsplit(".", 1)[0]
+            content.append(_link(preview_uri(job.request_id), f"{stem}-preview.ogg", preview))
+        if job.file.bytes > LINKABLE_BYTES:
+            note = f"The file ({job.file.bytes:,} bytes) is too large for one MCP message: open it at its path" + (
+                f", or listen to the preview {preview_uri(job.request_id)}." if preview is not None else "."
             )
-        )
+            content.append(TextContent(type="text", text=note))
     return CallToolResult(content=content, structured_content=job.model_dump(mode="json"))
+
+
+def _link(uri: str, name: str, file: AudioFile) -> ResourceLink:
+    return ResourceLink(
+        type="resource_link", uri=uri, name=name, mime_type=MIME_TYPES.get(file.format, "audio/wav"), size=file.bytes
+    )
+
+
+def for_protocol(result: CallToolResult, version: str | None) -> CallToolResult:
+    """The result as a client of `version` can parse it: before 2025-06-18 there are no resource links (each
+    becomes a line of text with the same facts), before 2025-03-26 no audio content (it becomes an embedded blob)."""
+    if version is None or version >= RESOURCE_LINKS_SINCE:
+        return result
+    content: list[ContentBlock] = []
+    for block in result.content:
+        if isinstance(block, ResourceLink):
+            text = f"Resource {block.uri} ({block.mime_type}, {block.size:,} bytes): {block.name}"
+            content.append(TextContent(type="text", text=text))
+        elif isinstance(block, AudioContent) and version < AUDIO_CONTENT_SINCE:
+            blob = BlobResourceContents(uri="audio://inline", mime_type=block.mime_type, blob=block.data)
+            content.append(EmbeddedResource(type="resource", resource=blob))
+        else:
+            content.append(block)
+    return result.model_copy(update={"content": content})
 
 
 def worded(job: AudioJob) -> AudioJob:
@@ -123,12 +180,13 @@ async def with_inline_audio(result: CallToolResult, job: AudioJob) -> CallToolRe
     if job.file.bytes > INLINE_AUDIO_LIMIT:
         note = (
             f"The audio ({job.file.bytes:,} bytes) is too large to inline (limit {INLINE_AUDIO_LIMIT:,}); "
-            f"read the resource audio://{job.request_id} or open the file instead."
+            f"open the file at its path instead, or read the preview {preview_uri(job.request_id)}."
         )
         result.content.append(TextContent(type="text", text=note))
         return result
     data = await anyio.Path(job.file.path).read_bytes()
-    result.content.append(AudioContent(type="audio", data=base64.b64encode(data).decode(), mime_type="audio/wav"))
+    mime = MIME_TYPES.get(job.file.format, "audio/wav")
+    result.content.append(AudioContent(type="audio", data=base64.b64encode(data).decode(), mime_type=mime))
     return result
 
 
@@ -140,7 +198,7 @@ async def with_player(result: CallToolResult, job: AudioJob, delivered: AudioFil
         return result
     meta = dict(result.meta or {})
     meta[AUDIO_META_KEY] = {
-        "uri": f"audio://{job.request_id}",
+        "uri": audio_uri(job.request_id),
         "bytes": file.bytes,
         "duration_seconds": file.duration_seconds,
         "chunk_bytes": CHUNK_CAP,
@@ -176,8 +234,15 @@ def job_listing(record: JobRecord) -> dict[str, object]:
 
 __all__ = [
     "INLINE_AUDIO_LIMIT",
+    "LINKABLE_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "MIME_TYPES",
+    "PREVIEW_NAME",
+    "audio_uri",
     "compact_schema",
+    "for_protocol",
     "job_listing",
+    "preview_uri",
     "summary",
     "tool_result",
     "with_inline_audio",

@@ -5,30 +5,43 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import re
 import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
+from weakref import WeakKeyDictionary
 
 import anyio
 from mcp import MCPDeprecationWarning, MCPError
 from mcp.server import MCPServer
 from mcp.server.apps import Apps, ResourceCsp
+from mcp.server.context import ServerRequestContext  # noqa: TC002 (handler signatures)
 from mcp.server.mcpserver import Context  # noqa: TC002 (the SDK reads tool annotations at runtime)
-from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.exceptions import ResourceError
 from mcp.server.mcpserver.tools import Tool
-from mcp.types import CallToolResult, ToolAnnotations
-from pydantic import BaseModel, Field, ValidationError
+from mcp.server.session import ServerSession  # noqa: TC002
+from mcp.types import (
+    CallToolResult,
+    EmptyResult,
+    GetPromptResult,
+    InputRequiredResult,
+    SetLevelRequestParams,
+    ToolAnnotations,
+)
+from pydantic import Field, ValidationError
 from starlette.requests import Request  # noqa: TC002 (route signatures are read at runtime)
 from starlette.responses import JSONResponse, Response
 
 from mmaudio_mcp import __version__, prompts
-from mmaudio_mcp.errors import InvalidArgumentError, MmaudioError, UnknownJobError
+from mmaudio_mcp.errors import MmaudioError
+from mmaudio_mcp.files import variant_path
 from mmaudio_mcp.jobs import Caller, JobService, Limits, open_job_service
 from mmaudio_mcp.models import (
+    AudioFile,
     AudioJob,
     CfgStrength,
     Channels,
@@ -50,12 +63,30 @@ from mmaudio_mcp.models import (
     TargetLufs,
     TrimSilence,
     WaitSeconds,
-    explain_validation_error,
 )
 from mmaudio_mcp.placement import Destination, resolve_destination
 from mmaudio_mcp.player import CHUNK_CAP, PLAYER_URI, player_html, read_chunk
 from mmaudio_mcp.processing import ProcessOptions
-from mmaudio_mcp.results import compact_schema, job_listing, tool_result, with_inline_audio, with_player
+from mmaudio_mcp.results import (
+    MIME_TYPES,
+    PREVIEW_NAME,
+    audio_uri,
+    compact_schema,
+    for_protocol,
+    job_listing,
+    preview_uri,
+    tool_result,
+    with_inline_audio,
+    with_player,
+)
+from mmaudio_mcp.wire_errors import (
+    NotFoundError,
+    prompt_error,
+    prompt_errors,
+    resource_errors,
+    tool_argument_error,
+    tool_errors,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -69,8 +100,8 @@ logger = logging.getLogger(__name__)
 
 CLIENT_KEY_HEADER: Final = "x-pixazo-api-key"
 """HTTP header through which a client brings its own Pixazo key (used instead of the server's, for its jobs only)."""
-_T = TypeVar("_T")
-_M = TypeVar("_M", bound=BaseModel)
+PREVIEW: Final = ProcessOptions(format="ogg", sample_rate=22050, channels=1)
+"""The preview every finished job gets: 30 s is about 0.2 MB, so any client can read it in one message."""
 INSTRUCTIONS: Final = (
     "Generate sound effects, ambience and short music clips from text with MMAudio v2. "
     "generate_audio waits for the result when it can; otherwise call check_status with the request_id it returns. "
@@ -130,18 +161,20 @@ def build_server(
 
     live = _Live()
 
-    server = MCPServer[AppState](
+    levels: WeakKeyDictionary[Any, str] = WeakKeyDictionary()  # each session's logging/setLevel
+    server = _Server(
         "mmaudio-mcp",
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         log_level="WARNING",
-        tools=_tools(settings.wait_seconds),
+        tools=_tools(settings.wait_seconds, levels),
         extensions=[_player_app()],
     )
     _add_resources(server, live)
     _add_routes(server, live)
     _add_prompts(server)
+    _add_logging(server, levels)
     return server
 
 
@@ -169,7 +202,39 @@ def _add_prompts(server: MCPServer[AppState]) -> None:
     )
 
 
-def _tools(default_wait: float) -> list[Tool]:
+class _Server(MCPServer[AppState]):
+    """The SDK's server, with prompt errors as the spec says (-32602, Invalid params) where the SDK answers an
+    unknown prompt or a missing argument with code 0 (2025-11-25 and older) or -32603 (2026-07-28)."""
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Context[AppState, Any] | None = None
+    ) -> GetPromptResult | InputRequiredResult:
+        known = {prompt.name: prompt for prompt in await self.list_prompts()}
+        if name not in known:
+            prompt_error(f"Unknown prompt {name!r}: the prompts are {', '.join(sorted(known))}.")
+        required = [arg.name for arg in known[name].arguments or [] if arg.required]
+        if missing := [arg for arg in required if arg not in (arguments or {})]:
+            prompt_error(f"Prompt {name!r} needs the argument(s) {', '.join(missing)}.")
+        with prompt_errors():
+            return await super().get_prompt(name, arguments, context)
+
+
+_LOG_LEVELS: Final = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+
+
+def _add_logging(server: MCPServer[AppState], levels: WeakKeyDictionary[Any, str]) -> None:
+    """Declare the logging capability and honour logging/setLevel (protocol versions up to 2025-11-25; from
+    2026-07-28 a client opts in per request and the SDK filters)."""
+
+    async def set_level(ctx: ServerRequestContext[AppState], params: SetLevelRequestParams) -> EmptyResult:
+        levels[_connection(ctx.session)] = params.level
+        return EmptyResult()
+
+    # The SDK has no public hook for this handler; registering it is also what declares the capability.
+    server._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, set_level)  # pyright: ignore[reportPrivateUsage]
+
+
+def _tools(default_wait: float, levels: WeakKeyDictionary[Any, str]) -> list[Tool]:
     async def generate_audio(
         ctx: Context[AppState],
         prompt: Prompt,
@@ -186,22 +251,22 @@ def _tools(default_wait: float) -> list[Tool]:
         Each call is a new paid job (10-90 s, no seed). If not done within wait_seconds, call check_status with
         the returned request_id; never generate again for it.
         """
-        params = _validated(
-            GenerationParams,
-            "Invalid request",
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            duration=duration,
-            num_steps=num_steps,
-            cfg_strength=cfg_strength,
-            mask_away_clip=mask_away_clip,
-        )
-        jobs, caller = await _call(_jobs_for(ctx))
-        destination = await _destination(ctx, jobs, folder)
-        job = await _call(jobs.generate(params, wait_seconds=wait_seconds, progress=_progress(ctx), caller=caller))
-        if destination is not None and job.file is not None:
-            job = await _call(jobs.download(job.request_id, caller=caller, destination=destination))
-        return await with_player(tool_result(job), job)
+        with tool_errors("Invalid request"):
+            params = GenerationParams(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                duration=duration,
+                num_steps=num_steps,
+                cfg_strength=cfg_strength,
+                mask_away_clip=mask_away_clip,
+            )
+            jobs, caller = await _jobs_for(ctx)
+            destination = await _destination(ctx, jobs, folder)
+            report = _progress(ctx, levels)
+            job = await jobs.generate(params, wait_seconds=wait_seconds, progress=report, caller=caller)
+            if destination is not None and job.file is not None:
+                job = await jobs.download(job.request_id, caller=caller, destination=destination)
+            return await with_player(tool_result(job, preview=await _preview(jobs, caller, job)), job)
 
     async def check_status(
         ctx: Context[AppState],
@@ -209,10 +274,11 @@ def _tools(default_wait: float) -> list[Tool]:
         wait_seconds: Annotated[WaitSeconds, Field(description="Seconds to wait for completion.")] = 0,
     ) -> Annotated[CallToolResult, AudioJob]:
         """Report a generate_audio job; when it is complete, its WAV is saved (finished jobs are answered locally)."""
-        jobs, caller = await _call(_jobs_for(ctx))
-        work = jobs.check(request_id, wait_seconds=wait_seconds, progress=_progress(ctx), caller=caller)
-        job = await _call(work)
-        return await with_player(tool_result(job), job)
+        with tool_errors():
+            jobs, caller = await _jobs_for(ctx)
+            report = _progress(ctx, levels)
+            job = await jobs.check(request_id, wait_seconds=wait_seconds, progress=report, caller=caller)
+            return await with_player(tool_result(job, preview=await _preview(jobs, caller, job)), job)
 
     async def download_audio(
         ctx: Context[AppState],
@@ -233,32 +299,35 @@ def _tools(default_wait: float) -> list[Tool]:
         """Save a finished job's audio into the project, converted, normalized, trimmed, faded or looped as asked.
 
         The delivered WAV is kept; each variant is made once."""
-        options = _validated(
-            ProcessOptions,
-            "Invalid processing options",
-            format=format,
-            sample_rate=sample_rate,
-            channels=channels,
-            normalize=normalize,
-            target_lufs=target_lufs,
-            trim_silence=trim_silence,
-            fade_ms=fade_ms,
-            loop=loop,
-        )
-        jobs, caller = await _call(_jobs_for(ctx))
-        destination = await _destination(ctx, jobs, folder)
-        work = jobs.download(
-            request_id,
-            filename=filename,
-            caller=caller,
-            options=options,
-            destination=destination,
-            overwrite=overwrite,
-        )
-        job = await _call(work)
-        result = await with_inline_audio(tool_result(job), job) if include_audio else tool_result(job)
-        delivered = (await _call(jobs.check(request_id, caller=caller))).file  # the WAV the player plays
-        return await with_player(result, job, delivered)
+        with tool_errors("Invalid processing options"):
+            options = ProcessOptions(
+                format=format,
+                sample_rate=sample_rate,
+                channels=channels,
+                normalize=normalize,
+                target_lufs=target_lufs,
+                trim_silence=trim_silence,
+                fade_ms=fade_ms,
+                loop=loop,
+            )
+        with tool_errors():
+            jobs, caller = await _jobs_for(ctx)
+            destination = await _destination(ctx, jobs, folder)
+            job = await jobs.download(
+                request_id,
+                filename=filename,
+                caller=caller,
+                options=options,
+                destination=destination,
+                overwrite=overwrite,
+            )
+            key = None if options.is_identity else options.variant_key()
+            uri = audio_uri(job.request_id, key, options.format)
+            result = tool_result(job, file_uri=uri, preview=await _preview(jobs, caller, job))
+            if include_audio:
+                result = await with_inline_audio(result, job)
+            delivered = (await jobs.check(request_id, caller=caller)).file  # the WAV the player plays
+            return await with_player(result, job, delivered)
 
     player = {"resourceUri": PLAYER_URI}
     return [
@@ -267,6 +336,18 @@ def _tools(default_wait: float) -> list[Tool]:
         # destructive: with overwrite=true it replaces a file in the user's project.
         _tool(download_audio, "Save generated audio", idempotent=True, destructive=True, ui=player),
     ]
+
+
+async def _preview(jobs: JobService, caller: Caller, job: AudioJob) -> AudioFile | None:
+    """The compressed preview of a finished job's delivered WAV (made once, cached like any variant); None while
+    the job runs, or if it cannot be made (the result still names the file's path)."""
+    if job.file is None:
+        return None
+    try:
+        return (await jobs.download(job.request_id, caller=caller, options=PREVIEW)).file
+    except MmaudioError as exc:
+        logger.warning("no preview for %s: %s", job.request_id, exc.message)
+        return None
 
 
 def _tool(
@@ -297,23 +378,51 @@ def _tool(
 
 class _Tool(Tool):
     """A tool whose argument errors read as sentences ("duration must be between 2 and 30 seconds (got 99).")
-    instead of the SDK's validator dump: the SDK validates before the function runs, so this is the seam."""
+    instead of the SDK's validator dump (the SDK validates before the function runs, so this is the seam), and
+    whose results take the shape the client's protocol version can parse."""
 
     async def run(self, arguments: dict[str, Any], context: Context[Any, Any], convert_result: bool = False) -> Any:
         try:
             self.fn_metadata.validate_arguments(arguments)
         except ValidationError as exc:
-            raise ToolError(explain_validation_error(exc)) from exc
-        return await super().run(arguments, context, convert_result)
+            raise tool_argument_error(exc) from exc
+        result = await super().run(arguments, context, convert_result)
+        return for_protocol(result, context.protocol_version) if isinstance(result, CallToolResult) else result
+
+
+_VARIANT_KEY: Final = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
 def _add_resources(server: MCPServer[AppState], live: _Live) -> None:
     @server.resource(
-        "audio://{request_id}", name="audio", title="Generated audio", mime_type="audio/wav", description="A WAV file."
+        "audio://{request_id}",
+        name="audio",
+        title="Generated audio",
+        mime_type="audio/wav",
+        description="A job's delivered WAV, whole (often over 1 MiB: the player reads it in chunks; links point to "
+        "the preview instead when it is that large).",
     )
     async def audio(request_id: str, ctx: Context[AppState]) -> bytes:
-        jobs, caller = await _resource_call(_jobs_for(ctx))
-        return await _resource_call(jobs.read_audio(request_id, caller=caller))
+        with resource_errors(audio_uri(request_id), ctx.protocol_version):
+            jobs, caller = await _jobs_for(ctx)
+            return await jobs.read_audio(request_id, caller=caller)
+
+    @server.resource(
+        f"audio://{{request_id}}/{PREVIEW_NAME}",
+        name="audio-preview",
+        title="Preview of generated audio",
+        mime_type="audio/ogg",
+        description="A compressed preview (mono 22.05 kHz Ogg Vorbis) of a job's WAV that fits in one message.",
+    )
+    async def audio_preview(request_id: str, ctx: Context[AppState]) -> bytes:
+        with resource_errors(preview_uri(request_id), ctx.protocol_version):
+            jobs, caller = await _jobs_for(ctx)
+            preview = (await jobs.download(request_id, caller=caller, options=PREVIEW)).file
+            assert preview is not None
+            return await anyio.Path(preview.path).read_bytes()
+
+    for fmt, mime in MIME_TYPES.items():
+        _add_variant_resource(server, fmt, mime)
 
     @server.resource(
         "audio://{request_id}/chunks/{index}",
@@ -323,15 +432,17 @@ def _add_resources(server: MCPServer[AppState], live: _Live) -> None:
         description=f"Bytes index*{CHUNK_CAP} to (index+1)*{CHUNK_CAP} of audio://{{request_id}} (for the player).",
     )
     async def audio_chunk(request_id: str, index: str, ctx: Context[AppState]) -> bytes:
-        if not index.isdigit() or len(index) > 6:
-            raise ResourceNotFoundError(f"No chunk {index!r}: chunks are numbered 0, 1, 2...")
-        jobs, caller = await _resource_call(_jobs_for(ctx))
-        job = await _resource_call(jobs.download(request_id, caller=caller))
-        assert job.file is not None
-        data, size = await anyio.to_thread.run_sync(read_chunk, Path(job.file.path), int(index) * CHUNK_CAP, CHUNK_CAP)
-        if not data and size:
-            raise ResourceNotFoundError(f"No chunk {index}: the file has {-(-size // CHUNK_CAP)} chunk(s).")
-        return data
+        with resource_errors(f"audio://{request_id}/chunks/{index}", ctx.protocol_version):
+            if not index.isdigit() or len(index) > 6:
+                raise NotFoundError(f"No chunk {index!r}: chunks are numbered 0, 1, 2...")
+            jobs, caller = await _jobs_for(ctx)
+            job = await jobs.download(request_id, caller=caller)
+            assert job.file is not None
+            path, offset = Path(job.file.path), int(index) * CHUNK_CAP
+            data, size = await anyio.to_thread.run_sync(read_chunk, path, offset, CHUNK_CAP)
+            if not data and size:
+                raise NotFoundError(f"No chunk {index}: the file has {-(-size // CHUNK_CAP)} chunk(s).")
+            return data
 
     @server.resource(
         "mmaudio://jobs",
@@ -341,8 +452,9 @@ def _add_resources(server: MCPServer[AppState], live: _Live) -> None:
         description="The 20 newest jobs made with the server's key, including any whose submit got no answer.",
     )
     async def recent_jobs() -> str:
-        records = await live.jobs.recent(20)
-        return json.dumps([job_listing(record) for record in records], indent=1)
+        with resource_errors("mmaudio://jobs", None):
+            records = await live.jobs.recent(20)
+            return json.dumps([job_listing(record) for record in records], indent=1)
 
     @server.resource(
         "mmaudio://jobs/unfinished",
@@ -352,8 +464,33 @@ def _add_resources(server: MCPServer[AppState], live: _Live) -> None:
         description="Jobs still running or interrupted (e.g. by a restart); resume one with check_status.",
     )
     async def unfinished_jobs() -> str:
-        records = await live.jobs.unfinished()
-        return json.dumps([job_listing(record) for record in records], indent=1)
+        with resource_errors("mmaudio://jobs/unfinished", None):
+            records = await live.jobs.unfinished()
+            return json.dumps([job_listing(record) for record in records], indent=1)
+
+
+def _add_variant_resource(server: MCPServer[AppState], fmt: str, mime: str) -> None:
+    """audio://{request_id}/{variant}.{fmt}: a variant download_audio made (its own URI, its own mime type)."""
+
+    @server.resource(
+        f"audio://{{request_id}}/{{variant}}.{fmt}",
+        name=f"audio-variant-{fmt}",
+        title=f"Processed audio ({fmt})",
+        mime_type=mime,
+        description=f"A {fmt} variant of a job's audio made by download_audio; the key is in its result's link.",
+    )
+    async def variant(request_id: str, variant: str, ctx: Context[AppState]) -> bytes:
+        uri = audio_uri(request_id, variant, fmt)
+        with resource_errors(uri, ctx.protocol_version):
+            if not _VARIANT_KEY.fullmatch(variant) or not variant.startswith(fmt):
+                raise NotFoundError(f"No variant {variant!r}: a variant key starts with its format, e.g. ogg-loop.")
+            jobs, caller = await _jobs_for(ctx)
+            delivered = (await jobs.download(request_id, caller=caller)).file
+            assert delivered is not None
+            path = anyio.Path(variant_path(Path(delivered.path), variant, fmt))
+            if not await path.is_file():
+                raise NotFoundError(f"No variant {variant} of {request_id}: make it with download_audio first.")
+            return await path.read_bytes()
 
 
 def _add_routes(server: MCPServer[AppState], live: _Live) -> None:
@@ -377,23 +514,11 @@ def _add_routes(server: MCPServer[AppState], live: _Live) -> None:
         return Response(status_code=202 if known else 404)
 
 
-def _validated(model: type[_M], what: str, **values: Any) -> _M:
-    """Build a model from tool arguments, turning a refusal into a tool error that names the field."""
-    try:
-        return model(**values)
-    except ValidationError as exc:
-        raise ToolError(f"{what}: {explain_validation_error(exc)}") from exc
-
-
 async def _destination(ctx: Context[AppState], jobs: JobService, folder: str | None) -> Destination | None:
     """Where `folder` points: inside the client's workspace roots (asked only when a folder is given)."""
     if folder is None:
         return None
-    roots = await _client_roots(ctx)
-    try:
-        return resolve_destination(folder, roots, jobs.output_dir)
-    except MmaudioError as exc:
-        raise ToolError(exc.message) from exc
+    return resolve_destination(folder, await _client_roots(ctx), jobs.output_dir)
 
 
 async def _client_roots(ctx: Context[AppState]) -> list[Path]:
@@ -421,7 +546,9 @@ async def _jobs_for(ctx: Context[AppState]) -> tuple[JobService, Caller]:
     return jobs, await jobs.caller(headers.get(CLIENT_KEY_HEADER))
 
 
-def _progress(ctx: Context[AppState]) -> Callable[[float, float | None, str], Awaitable[None]]:
+def _progress(
+    ctx: Context[AppState], levels: WeakKeyDictionary[Any, str]
+) -> Callable[[float, float | None, str], Awaitable[None]]:
     """Report progress, and tell the client's log when the job's status changes (its message starts with it)."""
     last_status: list[str] = []
 
@@ -429,39 +556,31 @@ def _progress(ctx: Context[AppState]) -> Callable[[float, float | None, str], Aw
         await ctx.report_progress(progress, total, message)
         status = message.split(",", 1)[0]
         if last_status and status != last_status[-1]:
-            await _log_to_client(ctx, f"Job status: {status}")
+            await _log_to_client(ctx, levels, f"Job status: {status}")
         last_status.append(status)
 
     return report
 
 
-async def _log_to_client(ctx: Context[AppState], message: str) -> None:
-    """A client log message. Logging is deprecated in protocol 2026-07-28 (such clients get it only if they opted
-    in), but hosts on 2025-11-25 show it; progress messages carry the same news for everyone."""
+def _connection(session: ServerSession) -> object:
+    """The client connection a request came on (sessions are per request in this SDK): a level set by one request
+    holds for the later ones. The SDK has no public accessor for it."""
+    return session._connection  # pyright: ignore[reportPrivateUsage]
+
+
+async def _log_to_client(ctx: Context[AppState], levels: WeakKeyDictionary[Any, str], message: str) -> None:
+    """An info message for the client's log, unless it asked (logging/setLevel) for a higher level only. From
+    2026-07-28 the SDK sends it only to a request that opted in (`_meta` log level); progress messages carry the
+    same news for everyone."""
+    wanted = levels.get(_connection(ctx.request_context.session), "info")
+    if _LOG_LEVELS.index("info") < _LOG_LEVELS.index(wanted):
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MCPDeprecationWarning)
         try:
             await ctx.info(message)  # pyright: ignore[reportDeprecated] (see above)
         except MCPError:
             logger.debug("the client could not take a log message", exc_info=True)
-
-
-async def _resource_call(work: Awaitable[_T]) -> _T:
-    """Run domain work for a resource read, turning our typed errors into resource errors."""
-    try:
-        return await work
-    except (UnknownJobError, InvalidArgumentError) as exc:
-        raise ResourceNotFoundError(exc.message) from exc
-    except MmaudioError as exc:
-        raise ResourceError(exc.message) from exc
-
-
-async def _call(work: Awaitable[_T]) -> _T:
-    """Run domain work, turning our typed errors into the tool error the model sees."""
-    try:
-        return await work
-    except MmaudioError as exc:
-        raise ToolError(exc.message) from exc
 
 
 __all__ = ["AppState", "build_server"]

@@ -133,5 +133,5 @@ async def test_the_text_result_is_complete_with_or_without_the_apps_extension(
     text = text_of(result)
     assert job["file"]["path"] in text and "ready" in text
     links = [str(block.uri) for block in result.content if block.type == "resource_link"]
-    assert links == [f"audio://{job['request_id']}"]
+    assert links == [f"audio://{job['request_id']}", f"audio://{job['request_id']}/preview.ogg"]
     assert PEAKS_META_KEY not in text

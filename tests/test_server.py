@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from mcp import Client, MCPError
 
+from mmaudio_mcp.results import MAX_MESSAGE_BYTES
 from mmaudio_mcp.server import build_server
 from tests.conftest import POLICY
 
@@ -102,7 +103,8 @@ async def test_generate_audio_waits_reports_progress_and_saves_a_wav(client: Cli
     assert file["duration_seconds"] == 4.0
     assert Path(file["path"]).stat().st_size == file["bytes"]
     links = [block for block in result.content if block.type == "resource_link"]
-    assert [str(link.uri) for link in links] == [f"audio://{job['request_id']}"]
+    # 705,680 bytes of WAV would not fit in one 1 MiB message as base64: only the preview is linked.
+    assert [str(link.uri) for link in links] == [f"audio://{job['request_id']}/preview.ogg"]
     assert seen, "no progress notification reached the client"
     progresses = [progress for progress, _, _ in seen]
     assert progresses == sorted(progresses)
@@ -339,3 +341,70 @@ def test_explain_validation_error_is_shared_with_the_models() -> None:
     assert explain_validation_error(caught.value) == (
         "duration must be between 2 and 30 seconds (got 99). cfg_strength must be between 1 and 10 (got 11)."
     )
+
+
+# --- every linked resource fits in one message and is what its link says -----------------------------------------
+
+
+async def read_links(client: Client, result: CallToolResult) -> dict[str, tuple[Any, bytes]]:
+    """Read every resource the result links to; return link and bytes by URI, checking the message size."""
+    out: dict[str, tuple[Any, bytes]] = {}
+    for link in (block for block in result.content if block.type == "resource_link"):
+        read = await client.read_resource(str(link.uri))
+        [content] = read.contents
+        message = json.dumps(read.model_dump(mode="json", by_alias=True, exclude_none=True))
+        assert len(message) < MAX_MESSAGE_BYTES, (str(link.uri), len(message))
+        assert content.mime_type == link.mime_type
+        out[str(link.uri)] = (link, base64.b64decode(content.blob))  # pyright: ignore[reportAttributeAccessIssue]
+    return out
+
+
+async def test_a_30_s_clip_links_a_preview_that_fits_and_says_exactly_what_it_is(client: Client) -> None:
+    """The longest clip's WAV (5.3 MB) is not linked; its Ogg preview is, with the size and type a read returns."""
+    result = await generate(client, duration=30)
+    assert not result.is_error, text_of(result)
+    job = result.structured_content
+    assert job is not None
+    assert job["file"]["bytes"] > 5_000_000
+    read = await read_links(client, result)
+    assert list(read) == [f"audio://{job['request_id']}/preview.ogg"]
+    link, data = read[f"audio://{job['request_id']}/preview.ogg"]
+    assert (link.mime_type, link.size, data[:4]) == ("audio/ogg", len(data), b"OggS")
+    assert link.name.endswith("-preview.ogg")
+    assert "too large for one MCP message" in text_of(result)
+
+
+async def test_each_variant_has_its_own_uri_and_its_link_tells_the_truth(client: Client) -> None:
+    """download_audio(format=ogg, normalize, loop) links the OGG it made (not the WAV), at a URI of its own."""
+    job = (await generate(client, duration=2)).structured_content
+    assert job is not None
+    request_id = job["request_id"]
+    converted = await client.call_tool(
+        "download_audio", {"request_id": request_id, "format": "ogg", "normalize": True, "loop": True}
+    )
+    flac = await client.call_tool("download_audio", {"request_id": request_id, "format": "flac"})
+    assert not converted.is_error, text_of(converted)
+    ogg_read, flac_read = await read_links(client, converted), await read_links(client, flac)
+    ogg_uri = f"audio://{request_id}/ogg-n16-loop.ogg"
+    assert set(ogg_read) == {ogg_uri, f"audio://{request_id}/preview.ogg"}
+    link, data = ogg_read[ogg_uri]
+    assert (link.mime_type, link.size, link.name) == ("audio/ogg", len(data), Path(link.name).name)
+    assert link.name.endswith("-ogg-n16-loop.ogg")
+    assert data == Path(converted.structured_content["file"]["path"]).read_bytes()  # pyright: ignore[reportOptionalSubscript]
+    flac_link, flac_data = flac_read[f"audio://{request_id}/flac.flac"]
+    assert (flac_link.mime_type, flac_link.size, flac_data[:4]) == ("audio/flac", len(flac_data), b"fLaC")
+    with pytest.raises(MCPError) as missing:
+        await client.read_resource(f"audio://{request_id}/mp3-mono.mp3")
+    assert missing.value.error.code in (-32002, -32602)
+    assert "download_audio" in missing.value.error.message
+
+
+async def test_the_delivered_wav_is_linked_when_it_fits(client: Client) -> None:
+    """A 2 s clip's WAV fits in a message: it is linked as audio/wav with its exact size, beside the preview."""
+    result = await generate(client, duration=2)
+    job = result.structured_content
+    assert job is not None
+    read = await read_links(client, result)
+    link, data = read[f"audio://{job['request_id']}"]
+    assert (link.mime_type, link.size) == ("audio/wav", len(data))
+    assert data == Path(job["file"]["path"]).read_bytes()
