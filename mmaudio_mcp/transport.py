@@ -98,30 +98,38 @@ class BearerAuth:
     (whose unguessable per-job path is their credential)."""
 
     OPEN_PATHS: Final = ("/healthz", "/webhooks/")
+    NO_METADATA: Final = "/.well-known/"
+    """OAuth discovery paths: we have no OAuth metadata, and a probing client should hear 404, not 401."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
         self._expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.OPEN_PATHS) or self._authorized(scope):
+        if scope["type"] != "http" or scope["path"].startswith(self.OPEN_PATHS):
             await self.app(scope, receive, send)
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"www-authenticate", b'Bearer realm="mmaudio-mcp", error="invalid_token"'),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": b'{"error": "missing or invalid bearer token"}'})
+        if scope["path"].startswith(self.NO_METADATA):
+            await _answer(send, 404, b'{"error": "not found"}')
+            return
+        given = next((value for name, value in scope["headers"] if name == b"authorization"), None)
+        if given is not None and hmac.compare_digest(given, self._expected):
+            await self.app(scope, receive, send)
+            return
+        # RFC 6750 section 3.1: no error code when the request carried no credentials at all.
+        challenge = b'Bearer realm="mmaudio-mcp"' + (b', error="invalid_token"' if given is not None else b"")
+        await _answer(send, 401, b'{"error": "missing or invalid bearer token"}', (b"www-authenticate", challenge))
 
-    def _authorized(self, scope: Scope) -> bool:
-        given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
-        return hmac.compare_digest(given, self._expected)
+
+async def _answer(send: Send, status: int, body: bytes, *headers: tuple[bytes, bytes]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _with_server_lifespan(app: Starlette, server: MCPServer[Any]) -> Starlette:

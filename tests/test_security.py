@@ -51,7 +51,18 @@ async def test_requests_without_the_bearer_token_get_401_with_www_authenticate(g
             reply = await http.post(f"{guarded}/mcp", json=INITIALIZE, headers=MCP_HEADERS | headers)
             assert reply.status_code == 401
             assert reply.headers["www-authenticate"].startswith("Bearer")
+            # RFC 6750 section 3.1: an error code only when credentials were sent.
+            assert ("error=" in reply.headers["www-authenticate"]) == bool(headers)
             assert TOKEN not in reply.text
+
+
+async def test_oauth_discovery_gets_404_not_401(guarded: str) -> None:
+    """Clients probe for OAuth metadata before connecting; there is none, and saying 401 makes them log errors."""
+    async with httpx2.AsyncClient() as http:
+        for path in ("/.well-known/oauth-protected-resource", "/.well-known/oauth-authorization-server"):
+            reply = await http.get(f"{guarded}{path}")
+            assert reply.status_code == 404, path
+            assert "www-authenticate" not in reply.headers
 
 
 async def test_the_sdk_client_with_the_token_can_call_tools(guarded: str) -> None:
