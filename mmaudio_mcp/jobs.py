@@ -30,7 +30,7 @@ from mmaudio_mcp.errors import (
     unknown_job,
 )
 from mmaudio_mcp.files import JobFiles, Limits, record_error
-from mmaudio_mcp.models import AudioJob, JobError, JobRecord, JobStatus, is_valid_request_id, utc_now
+from mmaudio_mcp.models import AudioJob, JobError, JobRecord, JobStatus, NextStep, is_valid_request_id, utc_now
 from mmaudio_mcp.pixazo import PixazoClient
 from mmaudio_mcp.polling import Pollers, elapsed_seconds
 from mmaudio_mcp.schedule import PollPolicy, eta_seconds, expected_seconds, seconds_per_unit
@@ -241,7 +241,7 @@ class JobService:
             media_url=record.media_url,
             file=record.file,
             error=record.error,
-            next_step=_next_step(record),
+            next=_next_step(record),
         )
 
     # --- submit -----------------------------------------------------------------------------------------------------
@@ -399,14 +399,15 @@ def _not_downloadable(job: AudioJob) -> MmaudioError:
     )
 
 
-def _next_step(record: JobRecord) -> str | None:
+def _next_step(record: JobRecord) -> NextStep | None:
+    """What should happen next, as data: the tools and the terminal each word it their way."""
     rid = record.request_id
     if not record.status.is_terminal:
-        return f'Call check_status(request_id="{rid}", wait_seconds=30) to wait for the audio.'
+        return NextStep(action="wait", request_id=rid)
     if record.status is JobStatus.COMPLETED and record.file is None:
-        return f'Call download_audio(request_id="{rid}") to fetch the audio.'
+        return NextStep(action="download", request_id=rid)
     if record.status is not JobStatus.COMPLETED:
-        return "Call generate_audio again, perhaps with a simpler prompt."
+        return NextStep(action="generate_again", request_id=rid)
     return None
 
 
