@@ -1,15 +1,22 @@
-"""Sounds saved where and how the user needs them: workspace folders from MCP roots, formats, loudness, loops."""
+"""Sounds saved where and how the user needs them: workspace folders from MCP roots, formats, loudness, loops;
+never over another file by accident (exclusive placement), no temporary files left behind."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 from mcp import Client
 from mcp.types import ListRootsResult, Root
 
+from mmaudio_mcp.audio import sha256_of
+from mmaudio_mcp.errors import InvalidArgumentError
+from mmaudio_mcp.jobs import open_job_service
+from mmaudio_mcp.placement import place_copy, remove_leftovers, resolve_destination
 from mmaudio_mcp.server import build_server
 from tests.conftest import POLICY
 
@@ -166,3 +173,79 @@ async def test_bad_processing_options_are_clear_errors(client: Client, options: 
     result = await client.call_tool("download_audio", {"request_id": job["request_id"], **options})
     assert result.is_error
     assert words in text_of(result)
+
+
+# --- exclusive placement and leftovers ------------------------------------------------------------------------------
+
+
+async def test_of_concurrent_saves_under_one_name_exactly_one_wins(tmp_path: Path) -> None:
+    """Twenty different sounds saved at once as 'hit.wav' without overwrite: one file is placed, intact, and the
+    nineteen others are told the name is taken (nothing is checked and then replaced)."""
+    sources: dict[str, Path] = {}
+    for n in range(20):
+        source = tmp_path / f"source-{n}.wav"
+        source.write_bytes(bytes([n]) * 2_000_000)
+        sources[sha256_of(source)] = source
+    destination = resolve_destination(None, (), tmp_path / "out")
+    outcomes: list[str] = []
+
+    async def save(sha256: str, source: Path) -> None:
+        try:
+            await place_copy(source, sha256, destination, "hit.wav", overwrite=False)
+        except InvalidArgumentError as exc:
+            outcomes.append("refused" if "already exists" in exc.message else exc.message)
+        else:
+            outcomes.append(sha256)
+
+    async with anyio.create_task_group() as tasks:
+        for sha256, source in sources.items():
+            tasks.start_soon(save, sha256, source)
+    winners = [outcome for outcome in outcomes if outcome != "refused"]
+    assert len(winners) == 1, f"{len(winners)} saves reported success"
+    assert sha256_of(tmp_path / "out" / "hit.wav") == winners[0]
+    assert not list((tmp_path / "out").glob(".*.part")), "no temporary file is left behind"
+
+
+async def test_saving_the_same_sound_twice_under_its_name_is_not_an_error(tmp_path: Path) -> None:
+    """The name is taken by identical audio: the save succeeds and returns it (a retried call is harmless)."""
+    source = tmp_path / "source.wav"
+    source.write_bytes(b"same" * 1000)
+    destination = resolve_destination(None, (), tmp_path / "out")
+    async with anyio.create_task_group() as tasks:
+        for _ in range(5):
+            tasks.start_soon(lambda: place_copy(source, sha256_of(source), destination, "a.wav", overwrite=False))
+    assert (tmp_path / "out" / "a.wav").read_bytes() == source.read_bytes()
+
+
+async def test_leftover_temporary_files_go_unless_a_live_process_has_them_open(tmp_path: Path) -> None:
+    """An interrupted download's `.part` file is removed; one another process is still writing is kept."""
+    out = tmp_path / "out"
+    out.mkdir()
+    orphan = out / ".rain-1234.wav.abc123.part"
+    orphan.write_bytes(b"half a download")
+    busy = out / ".wind-5678.wav.def456.part"
+    busy.write_bytes(b"")
+    keeper = "import sys, time; handle = open(sys.argv[1], 'ab'); print('open', flush=True); time.sleep(60)"
+    async with await anyio.open_process([sys.executable, "-c", keeper, str(busy)]) as writer:
+        assert writer.stdout is not None
+        await writer.stdout.receive()  # the file is open in the other process now
+        assert await remove_leftovers(out) == 1
+        writer.kill()
+    assert not orphan.exists()
+    assert busy.exists()
+    (out / "kept.wav").write_bytes(b"not temporary")
+    assert await remove_leftovers(out) == 1  # the writer is gone: its file is a leftover now
+    assert [path.name for path in out.iterdir()] == ["kept.wav"]
+
+
+async def test_the_server_cleans_leftovers_when_it_starts(tmp_path: Path) -> None:
+    """Starting a job service removes the temporary files an earlier, killed process left in the output folder."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".boom-1.wav.x1.part").write_bytes(b"interrupted")
+    async with open_job_service(
+        api_key=None, gateway_url="http://127.0.0.1:9", state_dir=tmp_path / "state", output_dir=out
+    ):
+        with anyio.fail_after(10):
+            while list(out.glob(".*.part")):  # noqa: ASYNC110 (the clean-up runs in the background)
+                await anyio.sleep(0.02)
