@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("mmaudio_mcp")
 
-COMMANDS = ("serve", "generate", "status", "jobs", "doctor", "sandbox")
+COMMANDS = ("serve", "generate", "status", "jobs", "sync", "doctor", "sandbox")
 EXIT_USAGE = 2
 BARE_HELP: Final = """mmaudio-mcp is an MCP server: an MCP host (Claude Desktop, Claude Code, VS Code, Cursor...)
 starts it and talks to it over stdin/stdout, so run by hand it would just wait. To try it from a terminal:
@@ -84,6 +84,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return terminal.status(args, settings)
     if args.command == "jobs":
         return terminal.jobs(args, settings)
+    if args.command == "sync":
+        from mmaudio_mcp import sync
+
+        return sync.command(args, settings)
     return terminal.doctor(args, settings)
 
 
@@ -167,17 +171,23 @@ def _parser() -> argparse.ArgumentParser:
     _add_saving(status)
     jobs = commands.add_parser("jobs", help="list recent jobs from the local store (no network)")
     jobs.add_argument("--limit", type=_whole("--limit", 1, 1000), default=20, help="how many, 1-1000 (default 20)")
+    sync = commands.add_parser(
+        "sync", help="make the sounds declared in sounds.toml, paying only for what is missing or changed"
+    )
+    sync.add_argument("file", nargs="?", default="sounds.toml", help="the declarations (default sounds.toml)")
+    sync.add_argument("--dry-run", action="store_true", help="say what would be paid for, and do nothing")
+    sync.add_argument("--parallel", type=_whole("--parallel", 1, 16), default=4, help="jobs at once, 1-16 (default 4)")
     doctor = commands.add_parser("doctor", help="check key, gateway, folders and versions; print a host config")
     sandbox = commands.add_parser("sandbox", help="run the offline Pixazo sandbox gateway")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8787)
     sandbox.add_argument("--speed", type=float, default=1.0, help="time factor for jobs (0 = instant)")
-    for command in (status, jobs, doctor):
+    for command in (status, jobs, sync, doctor):
         _add_common(command)
     for command in commands.choices.values():
         command.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
         command.add_argument("--debug", action="store_true", help="show tracebacks")
-        if command.prog.split()[-1] in ("generate", "status", "jobs", "doctor"):
+        if command.prog.split()[-1] in ("generate", "status", "jobs", "sync", "doctor"):
             command.add_argument("--json", action="store_true", help="print JSON for scripts")
     return parser
 

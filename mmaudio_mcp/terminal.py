@@ -98,7 +98,7 @@ def generate(args: argparse.Namespace, settings: Settings, params: GenerationPar
 
 async def _generate(args: argparse.Namespace, settings: Settings, params: GenerationParams) -> AudioJob:
     options = processing_options(args)
-    _require_key(args, settings)
+    require_key(args, settings)
     async with job_service(args, settings) as jobs:
         saving = check_saving(args, options, jobs.output_dir)  # everything checked before anything is paid for
         async with _progress_bar(f"Submitting '{params.prompt[:40]}'") as show:
@@ -187,7 +187,7 @@ async def _save(jobs: JobService, job: AudioJob, saving: Saving) -> AudioJob:
         ) from exc
 
 
-def _require_key(args: argparse.Namespace, settings: Settings) -> None:
+def require_key(args: argparse.Namespace, settings: Settings) -> None:
     if not args.sandbox and settings.api_key is None:
         raise ConfigurationError(
             "No Pixazo API key: set PIXAZO_API_KEY to your subscription key, "
@@ -226,7 +226,7 @@ async def _status(args: argparse.Namespace, settings: Settings) -> AudioJob:
             try:
                 job = await jobs.check(request_id, wait_seconds=args.wait_seconds, progress=show)
             except ConfigurationError:
-                _require_key(args, settings)  # a job not in the store needs the key: say so in command-line words
+                require_key(args, settings)  # a job not in the store needs the key: say so in command-line words
                 raise
         return await _save(jobs, job, saving)
 
@@ -446,6 +446,8 @@ __all__ = [
     "gateway",
     "generate",
     "host_config",
+    "job_service",
     "jobs",
+    "require_key",
     "status",
 ]

@@ -17,6 +17,43 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
+E2E_MODULES = {
+    "test_conformance",  # the official suite via npx (HTTP, and stdio through a bridge)
+    "test_host_ts",  # TypeScript SDK hosts (npm)
+    "test_player_browser",  # headless Chromium
+    "test_wheel",  # builds a wheel, installs it into a fresh virtualenv, runs pipx
+    "test_registry",  # server.json's packages, started as described
+    "test_recovery",  # kill -9 and restart
+    "test_shutdown",  # signals to real server processes
+    "test_stdio",  # real stdio server processes
+    "test_doc_lines",  # every shell line of the READMEs
+}
+"""Modules whose tests start real processes, browsers or package managers: `pytest -m "not e2e"` leaves them out."""
+E2E_TESTS = {
+    "test_the_agent_example_generates_a_wav_and_prints_its_path",
+    "test_each_stdio_entry_starts_the_server_with_its_env_and_lists_the_tools",
+    "test_a_save_that_fails_after_payment_prints_the_request_id_and_the_wav",
+    "test_a_flood_of_500_tool_lists_from_one_sdk_client_is_all_answered",
+}
+"""Single slow end-to-end tests in otherwise fast modules."""
+E2E_TIMEOUT = 300
+"""Seconds for an end-to-end test on a loaded 2-core machine (a unit test keeps pyproject's 60)."""
+TIMEOUTS = {"test_the_stdio_entry_point_passes_the_suite_through_a_bridge": 480}
+"""Longer still: the bridged conformance run alone needs ~105 s there (npx fetches, one server per session)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the end-to-end tests `e2e` and give them timeouts that hold on a loaded 2-core machine."""
+    for item in items:
+        module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+        name = getattr(item, "originalname", item.name)
+        if module in E2E_MODULES or name in E2E_TESTS:
+            item.add_marker(pytest.mark.e2e)
+        if item.get_closest_marker("e2e") and item.get_closest_marker("timeout") is None:
+            seconds = next((t for prefix, t in TIMEOUTS.items() if name.startswith(prefix)), E2E_TIMEOUT)
+            item.add_marker(pytest.mark.timeout(seconds))
+
+
 SPEED = 0.02
 """Sandbox jobs run at 2% of real time: an 8 s / 25-step job takes about 0.36 s."""
 POLICY = PollPolicy().scaled(SPEED)
