@@ -13,6 +13,7 @@ import anyio
 import jsonschema
 import pytest
 
+from mmaudio_mcp.results import MAX_MESSAGE_BYTES
 from tests.processes import RawSession, server_env
 
 if TYPE_CHECKING:
@@ -158,7 +159,10 @@ async def scripted_session(session: CheckedSession) -> dict[str, dict[str, Any]]
     )
     out["convert"] = await session.request(
         "tools/call",
-        {"name": "download_audio", "arguments": {"request_id": request_id, "format": "ogg", "loop": True}},
+        {
+            "name": "download_audio",
+            "arguments": {"request_id": request_id, "format": "ogg", "loop": True, "include_audio": True},
+        },
     )
     out["bad_arguments"] = await session.request(
         "tools/call", {"name": "generate_audio", "arguments": {"prompt": "rain", "duration": 99}}
@@ -232,3 +236,34 @@ async def test_no_log_messages_on_2026_07_28_unless_the_request_opts_in(stdio_se
         )
     assert "notifications/message" not in [m.get("method") for m in session.seen]
     assert not session.problems, "\n".join(session.problems)
+
+
+async def test_no_message_of_a_30_s_job_exceeds_1_mib(stdio_server: RawSession) -> None:
+    """The longest clip, end to end as a host and the player use it: progress, the result, every linked resource,
+    every conversion's result and link, and the player's chunks. Prints the largest message."""
+    session = CheckedSession(stdio_server, "2025-11-25")
+    info = {"name": "size-check", "version": "1"}
+    await session.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": info})
+    await session.notify("notifications/initialized")
+    with anyio.fail_after(120):
+        long = {"prompt": "storm at sea", "duration": 30, "num_steps": 100}
+        generated = await session.request(
+            "tools/call", {"name": "generate_audio", "arguments": long, "_meta": {"progressToken": 1}}
+        )
+        job = generated["result"]["structuredContent"]
+        results = [generated]
+        for fmt in ("wav", "flac", "ogg", "mp3"):
+            arguments = {"request_id": job["request_id"], "format": fmt, "include_audio": True}
+            results.append(await session.request("tools/call", {"name": "download_audio", "arguments": arguments}))
+        for result in results:
+            for block in result["result"]["content"]:
+                if block["type"] == "resource_link":
+                    assert "result" in await session.request("resources/read", {"uri": block["uri"]})
+        chunks = -(-job["file"]["bytes"] // (512 * 1024))
+        for index in range(chunks):
+            uri = f"audio://{job['request_id']}/chunks/{index}"
+            assert "result" in await session.request("resources/read", {"uri": uri})
+    assert not session.problems, "\n".join(session.problems)
+    largest = max(len(line.encode()) for line in stdio_server.stdout_lines)
+    print(f"largest message of a 30 s job: {largest:,} bytes in {len(stdio_server.stdout_lines)} messages")
+    assert largest < MAX_MESSAGE_BYTES
