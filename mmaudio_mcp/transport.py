@@ -173,8 +173,12 @@ async def serve_asgi(app: ASGIApp, *, host: str, port: int) -> None:
     """Run an ASGI app with uvicorn in the current event loop until SIGINT/SIGTERM, logging through `logging`."""
     import uvicorn
 
+    from mmaudio_mcp.http_guard import ACCEPT_BURST, IDLE_SECONDS, guarded_protocol, quiet_repeats
+
     # In-flight tool calls get a few seconds to finish on SIGTERM/SIGINT; their jobs are already stored, so a call
     # cut short is resumed with check_status, and a long wait must not hold a shutdown for minutes.
+    # Sockets held open (half-sent requests, idle keep-alives) time out, and the connection cap keeps clients and
+    # /healthz served below the descriptor limit (see http_guard).
     config = uvicorn.Config(
         app,
         host=host,
@@ -183,8 +187,12 @@ async def serve_asgi(app: ASGIApp, *, host: str, port: int) -> None:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        http=guarded_protocol(),
+        timeout_keep_alive=int(IDLE_SECONDS),
+        backlog=ACCEPT_BURST,
     )
     logging.getLogger("uvicorn.error").addFilter(_ShutdownCancelFilter())
+    quiet_repeats("asyncio", "uvicorn.error", "mmaudio_mcp.http_guard")
     await uvicorn.Server(config).serve()
 
 
