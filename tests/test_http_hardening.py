@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import time
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import anyio
@@ -14,13 +16,15 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from mmaudio_mcp.http_guard import RepeatFilter, connection_cap
+from mmaudio_mcp.http_guard import RepeatFilter, connection_cap, guarded_protocol
 from tests.processes import free_port, server_env
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from anyio.abc import SocketStream
+    from starlette.types import Receive, Scope, Send
 
 TOKEN = "hardening-test-token"
 HALF_OPEN = 300
@@ -103,3 +107,65 @@ def test_a_repeated_message_is_logged_once_with_a_count() -> None:
     time.sleep(0.25)
     assert repeat.filter(record)
     assert "and 249999 more like it" in record.getMessage()
+
+
+async def _hello(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            pass
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _closed_by_server(stream: SocketStream) -> bool:
+    try:
+        await stream.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+        return True
+    return False
+
+
+async def test_a_request_head_that_never_completes_is_closed_after_the_header_timeout() -> None:
+    """A slow-loris connection (headers never finished) is closed by the server; a whole request is answered."""
+    async with _guarded_server(header_seconds=0.3, max_connections=50) as port:
+        loris = await anyio.connect_tcp("127.0.0.1", port)
+        await loris.send(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        with anyio.fail_after(5):
+            assert await _closed_by_server(loris)
+        async with httpx2.AsyncClient() as http:
+            assert (await http.get(f"http://127.0.0.1:{port}/")).text == "ok"
+
+
+async def test_over_the_cap_the_oldest_half_open_connection_makes_room() -> None:
+    """With 5 connections allowed and 10 half-open ones, the oldest are closed and a whole request is served."""
+    async with _guarded_server(header_seconds=60, max_connections=5) as port:
+        held = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(10)]
+        for stream in held:
+            await stream.send(b"GET / HTTP/1.1\r\n")
+        async with httpx2.AsyncClient() as http:
+            with anyio.fail_after(5):
+                assert (await http.get(f"http://127.0.0.1:{port}/")).text == "ok"
+        with anyio.fail_after(5):
+            assert all([await _closed_by_server(stream) for stream in held[:5]]), "the five oldest were closed"
+
+
+@asynccontextmanager
+async def _guarded_server(*, header_seconds: float, max_connections: int) -> AsyncIterator[int]:
+    import uvicorn
+
+    protocol = guarded_protocol(header_seconds=header_seconds, max_connections=max_connections)
+    config = uvicorn.Config(_hello, log_config=None, access_log=False, http=protocol, lifespan="off")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(server.serve, [sock])
+        while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag)
+            await anyio.sleep(0.01)
+        try:
+            yield sock.getsockname()[1]
+        finally:
+            server.should_exit = True
