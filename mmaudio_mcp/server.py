@@ -554,7 +554,7 @@ def _progress(
 
     async def report(progress: float, total: float | None, message: str) -> None:
         await ctx.report_progress(progress, total, message)
-        status = message.split(",", 1)[0]
+        status = message.split(",", 1)[0].split(" ", 1)[0]  # the message starts with the status word
         if last_status and status != last_status[-1]:
             await _log_to_client(ctx, levels, f"Job status: {status}")
         last_status.append(status)
