@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Self
 
 import anyio
 import anyio.to_thread
@@ -23,7 +23,7 @@ from mmaudio_mcp.audio import (
     save_wav,
     verify_file,
 )
-from mmaudio_mcp.errors import MediaError
+from mmaudio_mcp.errors import MediaError, MmaudioError
 from mmaudio_mcp.models import AudioFile, JobError, JobRecord, utc_now
 from mmaudio_mcp.placement import (
     Destination,
@@ -37,8 +37,10 @@ from mmaudio_mcp.store import LeaseLostError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable
+    from types import TracebackType
 
-    from mmaudio_mcp.errors import MmaudioError
+    from anyio.abc import TaskGroup
+
     from mmaudio_mcp.pixazo import PixazoClient
     from mmaudio_mcp.processing import ProcessedAudio, ProcessOptions
     from mmaudio_mcp.store import JobStore, Leases
@@ -207,6 +209,77 @@ class JobFiles:
         )
 
 
+@dataclass
+class _Pending:
+    """One download running in the background, and how it ended."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    record: JobRecord | None = None
+    failure: MmaudioError | None = None
+
+
+class BackgroundDownloads:
+    """Downloads that outlive the call that started them: a call waits for one only as long as its budget allows,
+    so a CDN that drips the file never holds a tool call past its wait (the file still lands, for the next call)."""
+
+    def __init__(self, files: JobFiles) -> None:
+        self._files = files
+        self._pending: dict[str, _Pending] = {}
+        self._task_group: TaskGroup | None = None
+
+    async def __aenter__(self) -> Self:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        assert self._task_group is not None
+        self._task_group.cancel_scope.cancel()
+        await self._task_group.__aexit__(None, None, None)
+        return None
+
+    def running(self, request_id: str) -> bool:
+        """Whether this job's audio is being downloaded right now."""
+        return request_id in self._pending
+
+    def start(self, record: JobRecord) -> _Pending:
+        """Start the job's download unless one runs already; return it."""
+        assert record.request_id is not None
+        pending = self._pending.get(record.request_id)
+        if pending is None:
+            if self._task_group is None:
+                raise RuntimeError("BackgroundDownloads must be used as an async context manager")
+            pending = self._pending[record.request_id] = _Pending()
+            self._task_group.start_soon(self._run, record, pending, name=f"download {record.request_id}")
+        return pending
+
+    async def fetch(self, record: JobRecord, budget: float) -> JobRecord:
+        """Start (or join) the job's download and wait up to `budget` seconds: the record with its file, or as it
+        was while the download goes on. A download that fails within the budget raises its error."""
+        pending = self.start(record)
+        with anyio.move_on_after(max(budget, 0.0)):
+            await pending.done.wait()
+        if pending.failure is not None:
+            raise pending.failure
+        return pending.record or record
+
+    async def _run(self, record: JobRecord, pending: _Pending) -> None:
+        assert record.request_id is not None
+        try:
+            pending.record = await self._files.ensure(record)
+        except MmaudioError as exc:  # the row notes it (ensure saved it); a waiting call gets it too
+            pending.failure = exc
+        except Exception as exc:  # never let one job's bug end the task group the others share
+            logger.exception("downloading %s failed unexpectedly", record.request_id)
+            problem = type(exc).__name__
+            pending.failure = MediaError(f"Internal error while downloading {record.request_id} ({problem}).")
+        finally:
+            del self._pending[record.request_id]
+            pending.done.set()
+
+
 async def _usable(record: JobRecord, *, verify: bool) -> bool:
     """Whether the job's file is recorded (and, when asked, still on disk with its checksum)."""
     if record.file is None:
@@ -232,6 +305,8 @@ async def _described(processed: ProcessedAudio) -> AudioFile:
         format=processed.format,
         loudness_lufs=round(processed.loudness_lufs, 1) if processed.loudness_lufs is not None else None,
         loop_seconds=round(processed.loop_seconds, 3) if processed.loop_seconds is not None else None,
+        true_peak_db=processed.true_peak_db,
+        note=processed.note,
     )
 
 
@@ -247,4 +322,4 @@ def record_error(record: JobRecord, exc: MmaudioError) -> JobRecord:
     return record.model_copy(update={"error": error, "updated_at": utc_now()})
 
 
-__all__ = ["JobFiles", "Limits", "record_error", "variant_path"]
+__all__ = ["BackgroundDownloads", "JobFiles", "Limits", "record_error", "variant_path"]

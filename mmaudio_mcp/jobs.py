@@ -29,7 +29,7 @@ from mmaudio_mcp.errors import (
     UpstreamUnavailableError,
     unknown_job,
 )
-from mmaudio_mcp.files import JobFiles, Limits, record_error
+from mmaudio_mcp.files import BackgroundDownloads, JobFiles, Limits, record_error
 from mmaudio_mcp.models import AudioJob, JobError, JobRecord, JobStatus, NextStep, is_valid_request_id, utc_now
 from mmaudio_mcp.pixazo import PixazoClient
 from mmaudio_mcp.polling import Pollers, elapsed_seconds
@@ -38,6 +38,7 @@ from mmaudio_mcp.store import LeaseLostError, Leases, SqliteJobStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable
+    from datetime import datetime
     from pathlib import Path
     from types import TracebackType
 
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HISTORY_SIZE: Final = 50
+DOWNLOAD_GRACE: Final = 3.0
+"""How far past its wait a call may run to finish a download already under way (then it goes on in the background)."""
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,12 @@ class JobService:
         self._keys: dict[str, SecretStr] = {}  # owner hash -> key, in memory only, to poll for absent callers
         self._rate = self._policy.prior_seconds_per_unit
         self._rate_learned = False
+        self._downloads = BackgroundDownloads(self._files)
 
     async def __aenter__(self) -> Self:
         # Nothing touches disk or network here: start-up stays fast, and a host that only lists tools pays nothing.
         await self._leases.__aenter__()
+        await self._downloads.__aenter__()
         await self._pollers.__aenter__()
         self._leases.start_soon(self._files.clean_leftovers, name="clean leftovers")
         return self
@@ -111,7 +116,10 @@ class JobService:
         try:
             return await self._pollers.__aexit__(exc_type, exc, tb)
         finally:
-            await self._leases.__aexit__(exc_type, exc, tb)
+            try:
+                await self._downloads.__aexit__(exc_type, exc, tb)
+            finally:
+                await self._leases.__aexit__(exc_type, exc, tb)
 
     # --- the three operations ---------------------------------------------------------------------------------------
 
@@ -138,7 +146,9 @@ class JobService:
         await self._learn_rate_once()
         record = await self._submit(params, caller)
         if wait_seconds > 0:
+            deadline = anyio.current_time() + wait_seconds
             record = await self._pollers.wait(record, wait_seconds, progress)
+            record = await self._finish(record, deadline)
         return self.view(record)
 
     async def check(
@@ -151,15 +161,22 @@ class JobService:
     ) -> AudioJob:
         """Report a job: from the store when it is finished, else from Pixazo, waiting if asked."""
         await self._learn_rate_once()
+        deadline = anyio.current_time() + wait_seconds
         record = await self._find(request_id, caller)
         if not record.status.is_terminal:
             if wait_seconds > 0:
                 record = await self._pollers.wait(record, wait_seconds, progress)
             else:
                 record = await self._step(record)
-        if record.status is JobStatus.COMPLETED and record.file is None:
-            record = await self._files.ensure(record)
-        return self.view(record)
+        return self.view(await self._finish(record, deadline))
+
+    async def _finish(self, record: JobRecord, deadline: float) -> JobRecord:
+        """Wait for a completed job's audio until the call's deadline (plus a grace of DOWNLOAD_GRACE seconds);
+        past it the download goes on in the background and the job is returned as downloading."""
+        if record.status is not JobStatus.COMPLETED or record.file is not None:
+            return record
+        budget = deadline - anyio.current_time() + DOWNLOAD_GRACE
+        return await self._downloads.fetch(record, budget)
 
     @property
     def output_dir(self) -> Path:
@@ -235,13 +252,14 @@ class JobService:
             params=record.params,
             created_at=record.created_at,
             updated_at=record.updated_at,
-            completed_at=record.completed_at,
+            completed_at=record.finished_at or record.completed_at,
             elapsed_seconds=round(elapsed, 1),
             eta_seconds=round(eta_seconds(elapsed, self._expected(record)), 1) if running else None,
             media_url=record.media_url,
             file=record.file,
             error=record.error,
             next=_next_step(record),
+            downloading=record.file is None and self._downloads.running(record.request_id),
         )
 
     # --- submit -----------------------------------------------------------------------------------------------------
@@ -281,8 +299,9 @@ class JobService:
     # --- polling ----------------------------------------------------------------------------------------------------
 
     async def _step(self, record: JobRecord) -> JobRecord:
-        """Poll once; once the job is complete, fetch its audio (even if the caller goes away meanwhile). Only the
-        process holding the job's lease does this; any other re-reads the row that process keeps up to date."""
+        """Poll once; once the job is complete, start fetching its audio in the background (it goes on even if the
+        caller goes away; a caller waits for it within its own budget, see _finish). Only the process holding the
+        job's lease does this; any other re-reads the row that process keeps up to date."""
         request_id = record.request_id
         assert request_id is not None
         if not await self._leases.acquire(request_id):
@@ -291,24 +310,27 @@ class JobService:
             record = await self._store.get(request_id) or record  # the last holder may have got further
             if not record.status.is_terminal:
                 record = await self._apply(record, await self._status(record))
-            if record.status is JobStatus.COMPLETED and record.file is None:
-                with anyio.CancelScope(shield=True):  # a paid result is saved even if the last waiter leaves
-                    record = await self._files.ensure(record)
         finally:
             await self._leases.release(request_id)
+        if record.status is JobStatus.COMPLETED and record.file is None:
+            self._downloads.start(record)  # a paid result is saved even if the last waiter leaves
         return record
 
     async def _apply(self, record: JobRecord, reply: StatusReply) -> JobRecord:
         """Merge a status answer into the record, saving it when something changed."""
         media_url = reply.output.media_url[0] if reply.output and reply.output.media_url else record.media_url
+        heard = utc_now()  # our clock only: Pixazo's stamps never enter elapsed time, progress or the ETA
         update: dict[str, object] = {"status": reply.status, "media_url": media_url}
         if reply.status.is_terminal:
-            update["completed_at"] = reply.completed_at or utc_now()
-            update["run_seconds"] = _run_seconds(record, reply)
+            update["completed_at"] = reply.completed_at or heard
+            update["finished_at"] = record.finished_at or heard
+            update["run_seconds"] = _run_seconds(record, reply, heard)
         if reply.status in (JobStatus.FAILED, JobStatus.ERROR):
             update["error"] = _failure(reply)
+        seen = {"polled_at": heard} | ({} if reply.status.is_terminal else {"pending_at": heard})
         if all(getattr(record, key) == value for key, value in update.items()):
-            return record
+            return record.model_copy(update=seen)  # nothing worth a write: remembered in memory only
+        update |= seen
         record = record.model_copy(update={**update, "updated_at": utc_now()})
         rid = record.request_id or ""
         with anyio.CancelScope(shield=True):  # fenced: a process that lost the lease writes nothing
@@ -358,7 +380,7 @@ class JobService:
             owner=caller.owner,
         )
         reply = await self._client.status(request_id, api_key=caller.api_key)
-        adopted = adopted.model_copy(update={"submitted_at": reply.created_at or now})
+        adopted = adopted.model_copy(update={"submitted_at": now})  # our clock: Pixazo's may be off ours
         return await self._apply(adopted, reply)
 
     def _expected(self, record: JobRecord) -> float:
@@ -373,13 +395,23 @@ class JobService:
             await self._learn_rate()
 
 
-def _run_seconds(record: JobRecord, reply: StatusReply) -> float | None:
+def _run_seconds(record: JobRecord, reply: StatusReply, heard: datetime) -> float | None:
+    """How long the job ran, for learning: bracketed by our own observations (after the last poll that saw it
+    running, by the first that saw it done), refined by Pixazo's stamps only where they agree with that bracket (its
+    clock may be off ours, and its zone-less stamps may not be UTC)."""
+    if record.submitted_at is None:
+        return None  # adopted: we did not see it start
+    start = record.submitted_at
+    high = (heard - start).total_seconds()
+    low = (record.pending_at - start).total_seconds() if record.pending_at else 0.0
+    low, high = max(low, 0.0), max(high, 0.0)
     if reply.created_at and reply.completed_at:
         seconds = (reply.completed_at - reply.created_at).total_seconds()
         if reply.completed_at.microsecond == 0 and reply.created_at.microsecond != 0:
             seconds += 0.5  # completed_at comes truncated to the second: unbiased, the ETA is not learned too low
-        return max(seconds, 0.0)
-    return elapsed_seconds(record) if record.submitted_at else None
+        if low - 1.0 <= seconds <= high + 1.0:  # one second of slack: the stamps have whole-second precision
+            return min(max(seconds, low), high)
+    return (low + high) / 2 if low > 0 else high
 
 
 def _failure(reply: StatusReply) -> JobError:

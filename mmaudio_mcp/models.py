@@ -235,6 +235,8 @@ class AudioFile(BaseModel):
     relative_path: str | None = Field(default=None, description="Path inside the workspace root it was saved to.")
     loudness_lufs: float | None = Field(default=None, description="Integrated loudness, when normalized.")
     loop_seconds: float | None = Field(default=None, description="Loop length, when made to loop.")
+    true_peak_db: float | None = Field(default=None, description="True peak in dBTP, when normalized.")
+    note: str | None = Field(default=None, description="What did not come out as asked, and why.")
 
 
 class JobError(BaseModel):
@@ -255,7 +257,12 @@ class JobRecord(BaseModel):
     created_at: datetime
     submitted_at: datetime | None = None
     updated_at: datetime
-    completed_at: datetime | None = None
+    completed_at: datetime | None = Field(default=None, description="When Pixazo says it finished, by its clock.")
+    finished_at: datetime | None = Field(default=None, description="When this server first saw it finished.")
+    polled_at: datetime | None = Field(default=None, description="When this server last heard its status.")
+    pending_at: datetime | None = Field(
+        default=None, description="When this server last heard it was not finished (learning brackets the run)."
+    )
     media_url: str | None = None
     run_seconds: float | None = Field(default=None, description="How long Pixazo took, for learning the ETA.")
     webhook_token: str | None = Field(default=None, description="Secret path part of this job's webhook URL.")
@@ -295,6 +302,9 @@ class AudioJob(BaseModel):
     next_step: str | None = Field(default=None, description="What to call next, if anything.")
     next: SkipJsonSchema[NextStep | None] = Field(default=None, exclude=True)
     """What happens next, as data; each face words it into next_step (kept out of the wire format and schema)."""
+    downloading: bool = Field(
+        default=False, description="The audio is being downloaded in the background; ask again in a few seconds."
+    )
 
 
 # --- Pixazo's wire format -------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import socket
 from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from time import time
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -33,16 +33,16 @@ from mmaudio_mcp.errors import (
     RateLimitedError,
     SubmissionUncertainError,
     UpstreamError,
+    UpstreamProtocolError,
     UpstreamUnavailableError,
     unknown_job,
 )
-from mmaudio_mcp.models import GenerationParams, StatusReply, SubmitReply
+from mmaudio_mcp.models import GenerationParams, StatusReply, SubmitReply, is_valid_request_id
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 logger = logging.getLogger(__name__)
-_Reply = TypeVar("_Reply", SubmitReply, StatusReply)
 
 SUBMIT_PATH: Final = "/mmaudio-v2-text-to-audio/v1/mmaudio-v2-text-to-audio-request"
 STATUS_PATH: Final = "/v2/requests/status/{request_id}"
@@ -50,6 +50,11 @@ KEY_HEADER: Final = "Ocp-Apim-Subscription-Key"
 DEFAULT_TIMEOUT: Final = httpx2.Timeout(30.0, connect=10.0)
 MAX_RETRY_AFTER: Final = 30.0
 MAX_REDIRECTS: Final = 5
+MAX_JSON_BYTES: Final = 1024 * 1024
+"""Cap on a submit or status answer (a real one is under 1 KiB): it is read in chunks and never held beyond this."""
+_UNFINISHED_HINT: Final = (
+    "check your Pixazo dashboard, or the unfinished-jobs resource (mmaudio://jobs/unfinished), before generating again"
+)
 _NOT_SENT: Final = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
 _MISSING_KEY: Final = (
     "No Pixazo API key is configured. Set the PIXAZO_API_KEY environment variable (in your MCP host's config, "
@@ -87,6 +92,9 @@ class PixazoClient:
         self._transport = transport
         self._key = api_key
         self._base_url = base_url.rstrip("/")
+        self._deadline = timeout if timeout is not None else DEFAULT_TIMEOUT.read or 30.0
+        """Overall limit of one request, body included (the HTTP timeout alone is per read: a body that drips one
+        byte at a time would never end)."""
 
     @property
     def _http(self) -> httpx2.AsyncClient:
@@ -126,13 +134,25 @@ class PixazoClient:
                 return await self._submit_once(params, headers)
         raise AssertionError("unreachable: stamina re-raises the last failure")  # pragma: no cover
 
+    @property
+    def status_deadline(self) -> float:
+        """The longest one `status` call may take, retries included."""
+        return self._deadline * 2
+
     async def status(self, request_id: str, *, api_key: SecretStr | None = None) -> StatusReply:
         """Read a job's status, retrying transient failures with backoff and jitter."""
         import stamina
 
-        async for attempt in stamina.retry_context(on=_status_backoff, attempts=4, timeout=30.0, wait_max=5.0):
-            with attempt:
-                return await self._status_once(request_id, api_key)
+        # The retry library stops starting attempts after its timeout but never cancels a running one: this does.
+        try:
+            with anyio.fail_after(self.status_deadline):
+                async for attempt in stamina.retry_context(
+                    on=_status_backoff, attempts=4, timeout=self._deadline, wait_max=5.0
+                ):
+                    with attempt:
+                        return await self._status_once(request_id, api_key)
+        except TimeoutError as exc:
+            raise NetworkError(_too_slow("status", self.status_deadline)) from exc
         raise AssertionError("unreachable: stamina re-raises the last failure")  # pragma: no cover
 
     @asynccontextmanager
@@ -145,32 +165,49 @@ class PixazoClient:
         finally:
             await response.aclose()
 
+    async def _exchange(
+        self, method: str, url: str, headers: dict[str, str], body: object = None
+    ) -> tuple[httpx2.Response, bytes, bool]:
+        """Send one request and read at most MAX_JSON_BYTES of its answer, all within the overall deadline;
+        return the response, the body read and whether that is the whole body. TimeoutError past the deadline."""
+        with anyio.fail_after(self._deadline):
+            request = self._http.build_request(method, url, headers=headers, json=body)
+            response = await self._http.send(request, stream=True)
+            try:
+                content, whole = await _read_capped(response, MAX_JSON_BYTES)
+            finally:
+                await response.aclose()
+        return response, content, whole
+
     async def _submit_once(self, params: GenerationParams, headers: dict[str, str]) -> SubmitReply:
         url = self._base_url + SUBMIT_PATH
         try:
-            response = await self._http.post(url, json=params.model_dump(), headers=headers)
+            response, body, whole = await self._exchange("POST", url, headers, params.model_dump())
         except _NOT_SENT as exc:
             raise NetworkError(_unreachable(exc), before_sending=True) from exc
-        except httpx2.HTTPError as exc:
+        except (httpx2.HTTPError, TimeoutError) as exc:
+            what = "took too long" if isinstance(exc, TimeoutError) else f"failed ({type(exc).__name__})"
             raise SubmissionUncertainError(
-                f"The submit to Pixazo failed after it was sent ({type(exc).__name__}), so the job may exist and "
-                "may be billed. It was not resent, to avoid paying twice: check your Pixazo dashboard before retrying."
+                f"The submit to Pixazo {what} after it was sent, so the job may exist and may be billed. It was not "
+                f"resent, to avoid paying twice: {_UNFINISHED_HINT}."
             ) from exc
         if response.status_code != 202 and response.status_code != 200:
-            raise _error_from_response(response, during="submit")
-        return _parse(SubmitReply, response)
+            raise _error_from_response(response, body, during="submit")
+        return _accepted(response.status_code, body, whole)
 
     async def _status_once(self, request_id: str, api_key: SecretStr | None) -> StatusReply:
         url = self._base_url + STATUS_PATH.format(request_id=quote(request_id, safe=""))
         try:
-            response = await self._http.get(url, headers=self._headers(api_key))
+            response, body, whole = await self._exchange("GET", url, self._headers(api_key))
         except httpx2.HTTPError as exc:
             raise NetworkError(_unreachable(exc), before_sending=isinstance(exc, _NOT_SENT)) from exc
+        except TimeoutError as exc:
+            raise NetworkError(_too_slow("status", self._deadline)) from exc
         if response.status_code == 404:
             raise unknown_job(request_id)
         if response.status_code != 200:
-            raise _error_from_response(response, during="status")
-        return _parse(StatusReply, response)
+            raise _error_from_response(response, body, during="status")
+        return _status_reply(body, whole)
 
     def _headers(self, api_key: SecretStr | None = None) -> dict[str, str]:
         self.require_key(api_key)
@@ -220,20 +257,97 @@ def _unreachable(exc: httpx2.HTTPError) -> str:
     return f"Could not reach Pixazo ({type(exc).__name__}). Check the network and PIXAZO_GATEWAY_URL, then try again."
 
 
-def _parse(model: type[_Reply], response: httpx2.Response) -> _Reply:
+def _too_slow(what: str, seconds: float) -> str:
+    return (
+        f"Pixazo did not finish answering the {what} request within {seconds:g} s (it is too slow or stalled); "
+        "the job is kept: try again in a minute."
+    )
+
+
+async def _read_capped(response: httpx2.Response, cap: int) -> tuple[bytes, bool]:
+    """Read the body chunk by chunk, stopping once it passes `cap`; return what was read and whether it is all."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > cap:
+        return b"", False
+    content = bytearray()
+    async for chunk in response.aiter_bytes():
+        content += chunk
+        if len(content) > cap:
+            return bytes(content[:cap]), False
+    return bytes(content), True
+
+
+def _accepted(code: int, body: bytes, whole: bool) -> SubmitReply:
+    """Read a 202: without a request_id this server can use, the job may still exist and be billed."""
+    reply: SubmitReply | None = None
+    if whole:
+        try:
+            reply = SubmitReply.model_validate_json(body)
+        except ValidationError:
+            reply = None
+    if reply is not None and is_valid_request_id(reply.request_id):
+        return reply
+    if reply is None:
+        what = "an answer over 1 MiB" if not whole else "no request_id this server can read"
+    else:
+        what = f"a request_id this server refuses ({_quoted_id(reply.request_id)}: not the shape of a Pixazo id)"
+    raise SubmissionUncertainError(
+        f"Pixazo accepted the job (HTTP {code}) but answered with {what}, so the job may exist and may be billed. "
+        f"It was not resent, to avoid paying twice: {_UNFINISHED_HINT}."
+    )
+
+
+def _quoted_id(value: str) -> str:
+    shown = value if len(value) <= 60 else f"{value[:57]}..."
+    return repr("".join(c if c.isprintable() else "?" for c in shown)) + (
+        f" ({len(value):,} characters)" if len(value) > 60 else ""
+    )
+
+
+def _status_reply(body: bytes, whole: bool) -> StatusReply:
+    """Read a status answer; an oversized or unreadable one is a protocol error that asking again will not fix."""
+    if not whole:
+        raise UpstreamProtocolError(
+            f"Pixazo answered the status request with a body over {MAX_JSON_BYTES // 1024} KiB (a real one is "
+            "under 1 KiB); it was not read. The job is kept: try check_status later.",
+            status_code=200,
+        )
     try:
-        return model.model_validate_json(response.content)
+        reply = StatusReply.model_validate_json(body)
     except ValidationError as exc:
-        raise UpstreamUnavailableError(
-            f"Pixazo answered HTTP {response.status_code} with a body this client cannot read; try again later.",
-            status_code=response.status_code,
+        if exc.errors()[0]["type"] == "json_invalid":  # an HTML page from a proxy in front: may pass
+            raise UpstreamUnavailableError(
+                "Pixazo answered HTTP 200 with a body this client cannot read (not JSON); try again later.",
+                status_code=200,
+            ) from exc
+        raise UpstreamProtocolError(
+            f"Pixazo answered the status request with something this client cannot read ({_problem(exc)}). "
+            "The job is kept: try check_status later; if it persists, the gateway's API has changed.",
+            status_code=200,
         ) from exc
+    if not is_valid_request_id(reply.request_id):
+        raise UpstreamProtocolError(
+            f"Pixazo's status answer names a request_id this server refuses ({_quoted_id(reply.request_id)}).",
+            status_code=200,
+        )
+    return reply
 
 
-def _error_from_response(response: httpx2.Response, *, during: str) -> UpstreamError:
+def _problem(exc: ValidationError) -> str:
+    """Name the first unreadable field of a status answer, without quoting a possibly huge value."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "the body"
+    if first["type"] == "enum":
+        value = first.get("input")
+        shown = repr(value[:40]) if isinstance(value, str) else "a value"
+        return f"{where} is {shown}, not one of QUEUED, PROCESSING, COMPLETED, FAILED, ERROR"
+    return f"{where}: {first['msg'].lower()}"
+
+
+def _error_from_response(response: httpx2.Response, body: bytes, *, during: str) -> UpstreamError:
     """Turn an error answer into a typed error whose message says what happened and what to do."""
     code = response.status_code
-    detail = _upstream_detail(response)
+    detail = _upstream_detail(response, body)
     factories: dict[int, Callable[[], UpstreamError]] = {
         400: lambda: BadRequestError(
             f"Pixazo rejected the request (400){detail}. Check the parameters.", status_code=code
@@ -267,10 +381,10 @@ def _error_from_response(response: httpx2.Response, *, during: str) -> UpstreamE
     return UpstreamUnavailableError(f"Pixazo answered HTTP {code}{detail}; try again in a minute.", status_code=code)
 
 
-def _upstream_detail(response: httpx2.Response) -> str:
+def _upstream_detail(response: httpx2.Response, content: bytes) -> str:
     """Quote Pixazo's own `message` when the body is the documented JSON; say nothing for HTML or empty bodies."""
     try:
-        body: Any = json.loads(response.content)
+        body: Any = json.loads(content)
     except ValueError:
         return ""
     fields = cast("dict[str, object]", body) if isinstance(body, dict) else {}

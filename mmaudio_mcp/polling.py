@@ -37,10 +37,27 @@ _TRANSIENT: Final = (NetworkError, RateLimitedError, UpstreamUnavailableError)
 
 
 def elapsed_seconds(record: JobRecord) -> float:
-    """Seconds from the submit to the end of the job (or to now while it runs)."""
+    """Seconds from the submit to the end of the job (or to now while it runs), all by this server's clock: the
+    end is when we first saw it finished, never Pixazo's completed_at (its clock may be minutes off ours)."""
     start = record.submitted_at or record.created_at
-    end = record.completed_at if record.status.is_terminal and record.completed_at else datetime.now(UTC)
+    finished = record.finished_at or record.completed_at  # completed_at: rows stored before finished_at existed
+    end = finished if record.status.is_terminal and finished else datetime.now(UTC)
     return max((end - start).total_seconds(), 0.0)
+
+
+@dataclass
+class _Series:
+    """One call's progress notifications: each value is greater than the one before (the protocol says MUST)."""
+
+    send: ProgressCallback
+    last: float | None = None
+
+    async def report(self, value: float, total: float | None, message: str) -> None:
+        value = round(value, 1)
+        if self.last is not None and value <= self.last:
+            value = round(self.last + 0.1, 1)
+        self.last = value
+        await self.send(value, None if total is None else max(round(total, 1), value), message)
 
 
 @dataclass
@@ -54,6 +71,8 @@ class _Watch:
     done: bool = False
     failure: MmaudioError | None = None
     note: str | None = None
+    last_error: MmaudioError | None = None
+    """The failure of the last poll, if it failed (a transient one: the poller goes on)."""
 
     def publish(self, record: JobRecord, *, done: bool = False) -> None:
         self.record, self.done = record, done or self.done
@@ -101,18 +120,21 @@ class Pollers:
     async def wait(self, record: JobRecord, seconds: float, progress: ProgressCallback | None) -> JobRecord:
         """Wait up to `seconds` for the job to finish, reporting progress; return the latest record."""
         watch = self._watch(record)
+        series = _Series(progress) if progress is not None else None
         watch.waiters += 1
         try:
             with anyio.move_on_after(seconds):
                 while not watch.done:
-                    await self._report(watch, progress)
+                    await self._report(watch, series)
                     with anyio.move_on_after(PROGRESS_INTERVAL):
                         await watch.changed.wait()
         finally:
             watch.waiters -= 1
         if watch.failure is not None:
             raise watch.failure
-        await self._report(watch, progress)
+        if not watch.done and watch.last_error is not None:
+            raise watch.last_error  # the wait ends on a failed poll: say what failed, as check_status would
+        await self._report(watch, series)
         return watch.record
 
     def wake(self, record: JobRecord) -> None:
@@ -176,8 +198,11 @@ class Pollers:
             record = await self._step(watch.record)
         except _TRANSIENT as exc:
             watch.note = exc.message  # said in the progress message; the next poll comes after a longer pause
+            watch.last_error = exc
+            watch.publish(watch.record)  # waiters hear of it now, not at their next progress tick
             return
         watch.note = None
+        watch.last_error = None
         watch.publish(record, done=record.status.is_terminal)
 
     def _delay(self, watch: _Watch, *, leading: bool = True) -> float:
@@ -187,16 +212,16 @@ class Pollers:
             return min(delay, self._leases.follow_seconds)
         return max(delay, self._policy.ceiling) if watch.note else delay
 
-    async def _report(self, watch: _Watch, progress: ProgressCallback | None) -> None:
-        if progress is None:
+    async def _report(self, watch: _Watch, series: _Series | None) -> None:
+        if series is None:
             return
         record = watch.record
         elapsed, expected = elapsed_seconds(record), self._expected(record)
-        message = progress_message(record.status, elapsed, expected)
+        message = progress_message(record.status, elapsed, expected, heard=record.polled_at is not None)
         if watch.note:
             message += f" (last poll: {watch.note})"
         total = elapsed if record.status.is_terminal else max(expected, elapsed + 1.0)
-        await progress(round(elapsed, 1), round(total, 1), message)
+        await series.report(elapsed, total, message)
 
 
 __all__ = ["PROGRESS_INTERVAL", "Pollers", "elapsed_seconds"]

@@ -27,7 +27,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 from urllib.parse import urlsplit
 
 import anyio
@@ -74,46 +74,95 @@ _NOT_WAV_PAGE = b"<!DOCTYPE html><html><head><title>Error</title></head><body><h
 
 
 class FaultKind(StrEnum):
-    """A failure the sandbox can inject, as the real gateway, model or CDN shows it."""
+    """A failure or quirk the sandbox can inject, as the real gateway, model or CDN shows it (see FAULTS)."""
 
-    UNAUTHORIZED = "unauthorized"  # 401 on every gateway call, even with the right key
-    FORBIDDEN = "forbidden"  # 403 on every gateway call
-    BAD_REQUEST = "bad_request"  # 400 "Model not found" on submit
-    INSUFFICIENT_BALANCE = "insufficient_balance"  # 402 on submit
-    RATE_LIMITED = "rate_limited"  # 429 + Retry-After: 1; plain text body on submit, empty body on status
-    SUBMIT_500 = "submit_500"  # 500 with an HTML body on submit
-    POLL_500 = "poll_500"  # 500 or 502 (alternating) with an HTML body on status polls
-    JOB_FAILED = "job_failed"  # the next job ends FAILED
-    JOB_ERROR = "job_error"  # the next job ends ERROR
-    TRUNCATED_WAV = "truncated_wav"  # media body cut in half; the header still promises all the data
-    NOT_WAV = "not_wav"  # media answers 200 with an HTML page labelled audio/wav
-    MEDIA_404 = "media_404"  # media answers 404
-    SLOW_MEDIA = "slow_media"  # media drips the valid WAV in 1 KiB chunks, drip_seconds apart
-    HUGE_MEDIA = "huge_media"  # media streams a silent WAV whose header and Content-Length say huge_media_bytes
-    MEDIA_REDIRECT_FILE = "media_redirect_file"  # media answers 302 to file:///etc/passwd
-    MEDIA_REDIRECT_OTHER_HOST = "media_redirect_other_host"  # media answers 302 to a link-local metadata service
-    POLL_HANG = "poll_hang"  # a status poll never answers, until the client gives up
-    SUBMIT_HANG = "submit_hang"  # the job is created, then the submit never answers: possibly billed
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
+    BAD_REQUEST = "bad_request"
+    INSUFFICIENT_BALANCE = "insufficient_balance"
+    SUBMIT_500 = "submit_500"
+    SUBMIT_HANG = "submit_hang"
+    SUBMIT_NO_ID = "submit_no_id"
+    SUBMIT_ODD_ID = "submit_odd_id"
+    SUBMIT_LONG_ID = "submit_long_id"
+    JOB_FAILED = "job_failed"
+    JOB_ERROR = "job_error"
+    POLL_500 = "poll_500"
+    POLL_HANG = "poll_hang"
+    POLL_DRIP = "poll_drip"
+    POLL_HUGE = "poll_huge"
+    POLL_UNKNOWN_STATUS = "poll_unknown_status"
+    TRUNCATED_WAV = "truncated_wav"
+    NOT_WAV = "not_wav"
+    MEDIA_404 = "media_404"
+    SLOW_MEDIA = "slow_media"
+    HUGE_MEDIA = "huge_media"
+    MEDIA_REDIRECT_FILE = "media_redirect_file"
+    MEDIA_REDIRECT_OTHER_HOST = "media_redirect_other_host"
+    MEDIA_RF64 = "media_rf64"
+    MEDIA_FLAC = "media_flac"
+    MEDIA_OGG = "media_ogg"
+    MEDIA_OPUS = "media_opus"
+    MEDIA_MP3 = "media_mp3"
+    TRUNCATED_FLAC = "truncated_flac"
 
 
+FAULTS: Final[dict[FaultKind, tuple[str, str]]] = {
+    # kind: (where it fires, what the client sees). Every switch the sandbox has is here; the steady behaviours
+    # (speed unlike the client's prior, jitter, clock skew, zone of the zone-less stamps) are SandboxConfig fields.
+    FaultKind.UNAUTHORIZED: ("gateway", "401 on every gateway call, even with the right key"),
+    FaultKind.FORBIDDEN: ("gateway", "403 on every gateway call"),
+    FaultKind.RATE_LIMITED: ("gateway", "429 + Retry-After: 1; plain text body on submit, empty body on status"),
+    FaultKind.BAD_REQUEST: ("submit", '400 "Model not found"'),
+    FaultKind.INSUFFICIENT_BALANCE: ("submit", "402"),
+    FaultKind.SUBMIT_500: ("submit", "500 with an HTML body"),
+    FaultKind.SUBMIT_HANG: ("submit", "the job is created, then the submit never answers: possibly billed"),
+    FaultKind.SUBMIT_NO_ID: ("submit", "the job is created, then 202 with an HTML body and no request_id"),
+    FaultKind.SUBMIT_ODD_ID: ("submit", "the job is created under the request_id '../../etc/passwd'"),
+    FaultKind.SUBMIT_LONG_ID: ("submit", "the job is created under a 10,000-character request_id"),
+    FaultKind.JOB_FAILED: ("job", "the next job ends FAILED"),
+    FaultKind.JOB_ERROR: ("job", "the next job ends ERROR"),
+    FaultKind.POLL_500: ("status", "500 or 502 (alternating) with an HTML body"),
+    FaultKind.POLL_HANG: ("status", "never answers, until the client gives up"),
+    FaultKind.POLL_DRIP: ("status", "the right answer, one byte every drip_seconds"),
+    FaultKind.POLL_HUGE: ("status", "200 with a JSON body of huge_status_bytes (a padded error field)"),
+    FaultKind.POLL_UNKNOWN_STATUS: ("status", 'the status is "DONE" (not a documented value)'),
+    FaultKind.TRUNCATED_WAV: ("media", "the WAV cut in half; its header still promises all the data"),
+    FaultKind.NOT_WAV: ("media", "200 with an HTML page labelled audio/wav"),
+    FaultKind.MEDIA_404: ("media", "404"),
+    FaultKind.SLOW_MEDIA: ("media", "the valid WAV in 1 KiB chunks, drip_seconds apart"),
+    FaultKind.HUGE_MEDIA: ("media", "a silent WAV whose header and Content-Length say huge_media_bytes"),
+    FaultKind.MEDIA_REDIRECT_FILE: ("media", "302 to file:///etc/passwd"),
+    FaultKind.MEDIA_REDIRECT_OTHER_HOST: ("media", "302 to a link-local metadata service"),
+    FaultKind.MEDIA_RF64: ("media", "the audio as RF64 (64-bit WAV), float32"),
+    FaultKind.MEDIA_FLAC: ("media", "the audio as FLAC, 24-bit, labelled application/octet-stream"),
+    FaultKind.MEDIA_OGG: ("media", "the audio as Ogg Vorbis"),
+    FaultKind.MEDIA_OPUS: ("media", "the audio as Ogg Opus (48 kHz)"),
+    FaultKind.MEDIA_MP3: ("media", "the audio as MP3"),
+    FaultKind.TRUNCATED_FLAC: ("media", "the FLAC cut in half"),
+}
 _REDIRECTS = {
     FaultKind.MEDIA_REDIRECT_FILE: "file:///etc/passwd",
     FaultKind.MEDIA_REDIRECT_OTHER_HOST: "http://169.254.169.254/latest/meta-data/",
 }
-_MEDIA_FAULTS = (
-    FaultKind.MEDIA_404,
-    FaultKind.TRUNCATED_WAV,
-    FaultKind.NOT_WAV,
-    FaultKind.SLOW_MEDIA,
-    FaultKind.HUGE_MEDIA,
-    *_REDIRECTS,
-)
-
-
+_ODD_IDS = {FaultKind.SUBMIT_ODD_ID: "../../etc/passwd", FaultKind.SUBMIT_LONG_ID: "x" * 10_000}
+_ENCODED = {
+    FaultKind.MEDIA_RF64: ("rf64", "audio/wav"),
+    FaultKind.MEDIA_FLAC: ("flac", "application/octet-stream"),
+    FaultKind.MEDIA_OGG: ("ogg", "audio/ogg"),
+    FaultKind.MEDIA_OPUS: ("opus", "audio/ogg"),
+    FaultKind.MEDIA_MP3: ("mp3", "audio/mpeg"),
+    FaultKind.TRUNCATED_FLAC: ("flac", "application/octet-stream"),
+}
 _JOB_OUTCOMES = {
     FaultKind.JOB_FAILED: ("FAILED", "Generation failed: the model produced no audio"),
     FaultKind.JOB_ERROR: ("ERROR", "Internal error; you were not charged"),
 }
+
+
+def _faults_at(where: str) -> tuple[FaultKind, ...]:
+    return tuple(kind for kind, (place, _effect) in FAULTS.items() if place == where)
 
 
 @dataclass
@@ -149,6 +198,11 @@ class SandboxConfig:
     extra_api_keys: tuple[str, ...] = ()
     drip_seconds: float = 0.5
     huge_media_bytes: int = 80 * 1024 * 1024
+    huge_status_bytes: int = 64 * 1024 * 1024
+    clock_skew_seconds: float = 0.0
+    """The gateway's clock runs this far ahead of ours (negative: behind): every timestamp it writes shows it."""
+    plain_stamp_offset_hours: float = 0.0
+    """The zone-less `YYYY-MM-DD HH:MM:SS` stamps are written in a zone this far from UTC (the docs imply 0)."""
     state_path: Path | None = None
     """Keep the jobs in this SQLite file: a new sandbox with the same path answers for them (status and media)."""
 
@@ -332,7 +386,8 @@ class Sandbox:
             webhook = cast("_Webhook", job.webhook)
             phases = job.callback_phases()
             while webhook.announced < len(phases) and phases[webhook.announced].since <= now:
-                webhook.outbox.extend([_status_body(job, phases[webhook.announced], job.media_origin)] * copies)
+                body = _status_body(job, phases[webhook.announced], job.media_origin, self.config)
+                webhook.outbox.extend([body] * copies)
                 webhook.announced += 1
             if webhook.announced == len(phases):
                 del self._hooked[job.request_id]
@@ -418,10 +473,14 @@ class Sandbox:
             job.webhook = webhook
             self._hooked[job.request_id] = job
             timing.webhook_url = webhook.url
-        if self._take_fault(FaultKind.SUBMIT_HANG):
+        answer = self._take_fault(FaultKind.SUBMIT_HANG, FaultKind.SUBMIT_NO_ID, *_ODD_IDS)
+        if answer is FaultKind.SUBMIT_HANG:
             return await _hang(request)
+        if answer is FaultKind.SUBMIT_NO_ID:
+            return Response("<html><body>Accepted</body></html>", 202, media_type="text/html")
+        request_id = _ODD_IDS.get(answer, job.request_id) if answer else job.request_id
         polling_url = f"{str(request.base_url).rstrip('/')}/v2/requests/status/{job.request_id}"
-        return JSONResponse({"request_id": job.request_id, "status": "QUEUED", "polling_url": polling_url}, 202)
+        return JSONResponse({"request_id": request_id, "status": "QUEUED", "polling_url": polling_url}, 202)
 
     def _new_job(self, prompt: str, duration: int, num_steps: int, media_origin: str) -> _Job:
         """Create a job with its fate and schedule fixed now, and record its timing."""
@@ -506,7 +565,16 @@ class Sandbox:
         phase = job.phase_at(now)
         if phase.terminal and timing.first_terminal_poll_at is None:
             timing.first_terminal_poll_at = now
-        return JSONResponse(_status_body(job, phase, _media_origin(request, self.config.media_base_url)))
+        body = _status_body(job, phase, _media_origin(request, self.config.media_base_url), self.config)
+        quirk = self._take_fault(FaultKind.POLL_DRIP, FaultKind.POLL_HUGE, FaultKind.POLL_UNKNOWN_STATUS)
+        if quirk is FaultKind.POLL_UNKNOWN_STATUS:
+            body["status"] = "DONE"
+        if quirk is FaultKind.POLL_DRIP:
+            raw = json.dumps(body).encode()
+            return StreamingResponse(_drip(raw, self.config.drip_seconds, 1), 200, media_type="application/json")
+        if quirk is FaultKind.POLL_HUGE:
+            return StreamingResponse(_huge_json(body, self.config.huge_status_bytes), media_type="application/json")
+        return JSONResponse(body)
 
     async def _media(self, request: Request) -> Response:
         request_id = str(request.path_params["request_id"])
@@ -517,7 +585,7 @@ class Sandbox:
         job = self._known(request_id)
         if job is None or job.phase_at(self.config.clock()).status != "COMPLETED":
             return Response("Not Found", 404, media_type="text/plain")
-        fault = self._take_fault(*_MEDIA_FAULTS)
+        fault = self._take_fault(*_faults_at("media"))
         if fault is FaultKind.MEDIA_404:
             return Response("Not Found", 404, media_type="text/plain")
         if fault is not None and fault in _REDIRECTS:
@@ -525,6 +593,14 @@ class Sandbox:
         if fault is FaultKind.HUGE_MEDIA:
             size = self.config.huge_media_bytes
             return _streamed(_silent_wav(size), size)
+        encoding = _ENCODED.get(fault) if fault else None
+        if encoding is not None:
+            from mmaudio_mcp.sandbox_media import encode
+
+            media = await anyio.to_thread.run_sync(encode, _wav(job), encoding[0])
+            if fault is FaultKind.TRUNCATED_FLAC:
+                media = media[: len(media) // 2]
+            return Response(media, 200, media_type=encoding[1])
         return _media_body(_wav(job), fault, self.config.drip_seconds)
 
     async def _admin_stats(self, request: Request) -> Response:
@@ -611,12 +687,24 @@ def _streamed(chunks: AsyncIterator[bytes], size: int) -> StreamingResponse:
     return StreamingResponse(chunks, 200, headers={"Content-Length": str(size)}, media_type="audio/wav")
 
 
-async def _drip(body: bytes, delay: float) -> AsyncIterator[bytes]:
-    """Yield `body` in DRIP_CHUNK_BYTES pieces, sleeping `delay` seconds between two pieces."""
-    for start in range(0, len(body), DRIP_CHUNK_BYTES):
+async def _drip(body: bytes, delay: float, piece: int = DRIP_CHUNK_BYTES) -> AsyncIterator[bytes]:
+    """Yield `body` in `piece`-byte pieces, sleeping `delay` seconds between two pieces."""
+    for start in range(0, len(body), piece):
         if start:
             await anyio.sleep(delay)
-        yield body[start : start + DRIP_CHUNK_BYTES]
+        yield body[start : start + piece]
+
+
+async def _huge_json(body: dict[str, object], size: int) -> AsyncIterator[bytes]:
+    """Yield `body` as JSON padded to about `size` bytes in its error field, one reused block at a time."""
+    head = json.dumps({**body, "error": ""}).encode()
+    cut = head.index(b'"error": "') + len(b'"error": "')
+    yield head[:cut]
+    block = b"x" * HUGE_CHUNK_BYTES
+    for _ in range(max(size - len(head), 0) // HUGE_CHUNK_BYTES):
+        await anyio.lowlevel.checkpoint()
+        yield block
+    yield head[cut:]
 
 
 async def _silent_wav(size: int) -> AsyncIterator[bytes]:
@@ -628,8 +716,10 @@ async def _silent_wav(size: int) -> AsyncIterator[bytes]:
         yield zeros if size - start >= HUGE_CHUNK_BYTES else zeros[: size - start]
 
 
-def _status_body(job: _Job, phase: _Phase, media_origin: str) -> dict[str, object]:
-    """Return the GET status body (also the webhook payload) of `job` in `phase`."""
+def _status_body(job: _Job, phase: _Phase, media_origin: str, config: SandboxConfig) -> dict[str, object]:
+    """Return the GET status body (also the webhook payload) of `job` in `phase`, stamped by the gateway's clock."""
+    skew = config.clock_skew_seconds
+    plain = skew + config.plain_stamp_offset_hours * 3600
     output = None
     if phase.status == "COMPLETED":
         output = {"media_url": [f"{media_origin}/cdn/v1/{job.request_id}/output.wav"], "media_type": "audio/wav"}
@@ -639,9 +729,9 @@ def _status_body(job: _Job, phase: _Phase, media_origin: str) -> dict[str, objec
         "model_id": MODEL_ID,
         "error": _JOB_OUTCOMES[job.fate][1] if phase.terminal and job.fate else None,
         "output": output,
-        "created_at": _iso_millis(job.created),
-        "updated_at": _plain_utc(phase.since),
-        "completed_at": _plain_utc(phase.since) if phase.terminal else None,
+        "created_at": _iso_millis(job.created + skew),
+        "updated_at": _plain_utc(phase.since + plain),
+        "completed_at": _plain_utc(phase.since + plain) if phase.terminal else None,
     }
 
 

@@ -80,10 +80,15 @@ def eta_seconds(elapsed: float, expected: float) -> float:
     return max(expected - elapsed, 1.0)
 
 
-def progress_message(status: JobStatus, elapsed: float, expected: float) -> str:
-    """Say where the job is in words a person reads at a glance."""
+def progress_message(status: JobStatus, elapsed: float, expected: float, *, heard: bool = True) -> str:
+    """Say where the job is in words a person reads at a glance: a finished job has no time left, and before the
+    first status check the job's status is not claimed (the 202's QUEUED says nothing about now)."""
+    if status.is_terminal:
+        return f"{status.value} after {elapsed:.0f} s"
     left = expected - elapsed
     when = f"about {left:.0f} s left" if left >= 1 else "should finish any moment"
+    if not heard:
+        return f"Submitted, {elapsed:.0f} s elapsed, {when} (status not checked yet)"
     return f"{status.value}, {elapsed:.0f} s elapsed, {when}"
 
 
