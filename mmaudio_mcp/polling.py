@@ -170,13 +170,13 @@ class Pollers:
         leading = False  # this poller holds the job's lease (across polls, so no other process polls meanwhile)
         try:
             while watch.waiters > 0 and not watch.done:
+                if self._leases is not None and not (leading and self._leases.holds(request_id)):
+                    leading = await self._leases.acquire(request_id)  # else follow: re-read the row, try again
                 with anyio.move_on_after(self._delay(watch, leading=leading)):
                     await watch.wake.wait()
                 watch.wake = anyio.Event()
                 if watch.waiters == 0:
                     break
-                if self._leases is not None and not (leading and self._leases.holds(request_id)):
-                    leading = await self._leases.acquire(request_id)
                 await self._poll_once(watch)
         except MmaudioError as exc:
             watch.failure = exc

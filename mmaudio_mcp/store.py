@@ -298,6 +298,12 @@ class SqliteJobStore:
     async def claim(self, request_id: str, holder: str, seconds: float) -> bool:
         def claim(conn: sqlite3.Connection) -> bool:
             now = time.time()
+            # A read first (it never waits for writers in WAL mode): a follower re-trying a held lease every tick
+            # takes no write lock. The UPDATE repeats the test, so two claimers cannot both win.
+            held = conn.execute("SELECT lease_owner, lease_until FROM jobs WHERE request_id = ?", (request_id,))
+            row = held.fetchone()
+            if row is None or (row[0] not in (None, holder) and (row[1] or 0) >= now):
+                return False
             cursor = conn.execute(
                 "UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE request_id = ? "
                 "AND (lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)",

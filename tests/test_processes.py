@@ -16,6 +16,7 @@ import sys
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -188,10 +189,20 @@ async def _holder_pid(state: Path, request_id: str, pids: set[int]) -> int:
         await anyio.sleep(0.05)
 
 
-async def _takeover(tmp_path: Path, fault: FaultKind, ready: str) -> tuple[dict[str, Any], float, int]:
+@dataclass
+class Takeover:
+    job: dict[str, Any]
+    """The survivor's answer."""
+    finished: float
+    """Seconds from the kill until the survivor had recorded the job's file in the store."""
+    answered: float
+    """Seconds from the kill until the survivor's tool call answered."""
+    fetches: int
+
+
+async def _takeover(tmp_path: Path, fault: FaultKind, ready: str) -> Takeover:
     """Two servers wait on one job; kill -9 the lease holder once `ready` ("poll": its status poll is in flight,
-    "download": its media download is); return the survivor's answer, the seconds from the kill to that answer,
-    and the number of media fetches."""
+    "download": its media download is); the survivor's waiter must get the finished job."""
     keys = [f"key-{n}-{secrets.token_hex(6)}" for n in range(2)]
     config = SandboxConfig(api_key=keys[0], extra_api_keys=(keys[1],), speed=0.5, queue_seconds=0.2, drip_seconds=0.05)
     sandbox = create_sandbox(config)
@@ -222,11 +233,13 @@ async def _takeover(tmp_path: Path, fault: FaultKind, ready: str) -> tuple[dict[
                 while not _in_flight(recorder, request_id, ready):  # noqa: ASYNC110 (watching a recorder)
                     await anyio.sleep(0.02)
                 os.kill(holder, signal.SIGKILL)
-                killed_at = time.monotonic()
+                killed_at, killed_wall = time.monotonic(), time.time()
                 (survivor,) = (pid for pid in sessions if pid != holder)
                 answer, _ = await sessions[survivor].until_response(waits[survivor])
-                seconds = time.monotonic() - killed_at
-    return answer["result"]["structuredContent"], seconds, sandbox.stats().media_fetches.get(request_id, 0)
+                answered = time.monotonic() - killed_at
+    saved = datetime.fromisoformat(rows(state)[request_id]["updated_at"]).timestamp()
+    fetches = sandbox.stats().media_fetches.get(request_id, 0)
+    return Takeover(answer["result"]["structuredContent"], saved - killed_wall, answered, fetches)
 
 
 def _in_flight(recorder: Recorder, request_id: str, ready: str) -> bool:
@@ -241,9 +254,13 @@ async def test_kill_9_of_the_lease_holder_is_taken_over_within_the_lease(
 ) -> None:
     """The holder dies mid-poll (its poll hangs) or mid-download (its media drips): the other server's waiter gets
     the finished job, with its file, once the lease has run out (plus one poll and the download)."""
-    job, seconds, fetches = await _takeover(tmp_path, fault, ready)
-    print(f"\ntakeover after kill -9 mid-{ready}: {seconds:.2f} s (lease {LEASE_SECONDS:g} s), media fetches {fetches}")
-    assert job["status"] == "COMPLETED"
-    assert Path(job["file"]["path"]).is_file()
-    assert fetches == (2 if ready == "download" else 1), "only an interrupted download is fetched again"
-    assert seconds < LEASE_SECONDS + 10, "bounded by the lease, not by a timeout (a generous bound, not a benchmark)"
+    seen = await _takeover(tmp_path, fault, ready)
+    print(
+        f"\nkill -9 mid-{ready} (lease {LEASE_SECONDS:g} s): the survivor had the file {seen.finished:.2f} s after "
+        f"the kill, its call answered after {seen.answered:.2f} s; media fetches {seen.fetches}"
+    )
+    assert seen.job["status"] == "COMPLETED"
+    assert Path(seen.job["file"]["path"]).is_file()
+    assert seen.fetches == (2 if ready == "download" else 1), "only an interrupted download is fetched again"
+    # Bounded by the lease, not by a 30 s HTTP timeout or the 60 s wait (a generous bound, not a benchmark).
+    assert seen.finished < LEASE_SECONDS + 8
