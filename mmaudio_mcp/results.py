@@ -21,8 +21,10 @@ from mcp.types import (
     TextContent,
 )
 
+from mmaudio_mcp.errors import MmaudioError
 from mmaudio_mcp.models import JobStatus
 from mmaudio_mcp.player import AUDIO_META_KEY, CHUNK_CAP, PEAKS_META_KEY, wav_peaks
+from mmaudio_mcp.processing import ProcessOptions, process_file
 
 if TYPE_CHECKING:
     from mmaudio_mcp.models import AudioFile, AudioJob, JobRecord
@@ -37,7 +39,8 @@ INLINE_AUDIO_LIMIT: Final = 600 * 1024
 LINKABLE_BYTES: Final = INLINE_AUDIO_LIMIT
 MIME_TYPES: Final = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
 PREVIEW_NAME: Final = "preview.ogg"
-"""The compressed preview of a job's delivered WAV (mono 22.05 kHz Vorbis) that always fits in one message."""
+PREVIEW_OPTIONS: Final = ProcessOptions(format="ogg", sample_rate=22050, channels=1)
+"""The compressed preview of a job's delivered WAV that always fits in one message (30 s: about 0.2 MB)."""
 RESOURCE_LINKS_SINCE: Final = "2025-06-18"
 """resource_link content blocks exist from this protocol version on; older clients get the same facts as text."""
 AUDIO_CONTENT_SINCE: Final = "2025-03-26"
@@ -99,7 +102,29 @@ def _nullable_as_type_list(node: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def tool_result(job: AudioJob, *, file_uri: str | None = None, preview: AudioFile | None = None) -> CallToolResult:
+async def make_preview(delivered: AudioFile, request_id: str, folder: Path) -> Path:
+    """The preview of a job's delivered WAV: made once per WAV content, kept in `folder` (the state folder, not among
+    the user's files), written atomically so concurrent callers are safe."""
+    dest = folder / f"{request_id}-{delivered.sha256[:16]}.ogg"
+    if not await anyio.Path(dest).is_file():
+        await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
+        await anyio.to_thread.run_sync(process_file, Path(delivered.path), dest, PREVIEW_OPTIONS)
+    return dest
+
+
+async def preview_size(delivered: AudioFile | None, request_id: str, folder: Path) -> int | None:
+    """The preview's size in bytes for a result's link; None while there is no file, or if it cannot be made
+    (the result still names the file's path)."""
+    if delivered is None:
+        return None
+    try:
+        return (await anyio.Path(await make_preview(delivered, request_id, folder)).stat()).st_size
+    except (MmaudioError, OSError) as exc:
+        logger.warning("no preview for %s: %s", request_id, exc)
+        return None
+
+
+def tool_result(job: AudioJob, *, file_uri: str | None = None, preview_bytes: int | None = None) -> CallToolResult:
     """Shape a job as a tool result: an error if it failed, else a summary, links and the structured job.
 
     Only resources a client can read in one message (at most 1 MiB) are linked, each link naming exactly what its
@@ -114,12 +139,19 @@ def tool_result(job: AudioJob, *, file_uri: str | None = None, preview: AudioFil
         name = job.file.path.rsplit("/", 1)[-1]
         if job.file.bytes <= LINKABLE_BYTES:
             content.append(_link(file_uri or audio_uri(job.request_id), name, job.file))
-        if preview is not None and preview.bytes <= LINKABLE_BYTES:
+        if preview_bytes is not None and preview_bytes <= LINKABLE_BYTES:
             stem = name.rsplit(".", 1)[0]
-            content.append(_link(preview_uri(job.request_id), f"{stem}-preview.ogg", preview))
+            link = ResourceLink(
+                type="resource_link",
+                uri=preview_uri(job.request_id),
+                name=f"{stem}-preview.ogg",
+                mime_type="audio/ogg",
+                size=preview_bytes,
+            )
+            content.append(link)
         if job.file.bytes > LINKABLE_BYTES:
             note = f"The file ({job.file.bytes:,} bytes) is too large for one MCP message: open it at its path" + (
-                f", or listen to the preview {preview_uri(job.request_id)}." if preview is not None else "."
+                f", or listen to the preview {preview_uri(job.request_id)}." if preview_bytes is not None else "."
             )
             content.append(TextContent(type="text", text=note))
     return CallToolResult(content=content, structured_content=job.model_dump(mode="json"))
@@ -238,10 +270,13 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "MIME_TYPES",
     "PREVIEW_NAME",
+    "PREVIEW_OPTIONS",
     "audio_uri",
     "compact_schema",
     "for_protocol",
     "job_listing",
+    "make_preview",
+    "preview_size",
     "preview_uri",
     "summary",
     "tool_result",

@@ -37,11 +37,9 @@ from starlette.requests import Request  # noqa: TC002 (route signatures are read
 from starlette.responses import JSONResponse, Response
 
 from mmaudio_mcp import __version__, prompts
-from mmaudio_mcp.errors import MmaudioError
 from mmaudio_mcp.files import variant_path
 from mmaudio_mcp.jobs import Caller, JobService, Limits, open_job_service
 from mmaudio_mcp.models import (
-    AudioFile,
     AudioJob,
     CfgStrength,
     Channels,
@@ -74,6 +72,8 @@ from mmaudio_mcp.results import (
     compact_schema,
     for_protocol,
     job_listing,
+    make_preview,
+    preview_size,
     preview_uri,
     tool_result,
     with_inline_audio,
@@ -100,8 +100,6 @@ logger = logging.getLogger(__name__)
 
 CLIENT_KEY_HEADER: Final = "x-pixazo-api-key"
 """HTTP header through which a client brings its own Pixazo key (used instead of the server's, for its jobs only)."""
-PREVIEW: Final = ProcessOptions(format="ogg", sample_rate=22050, channels=1)
-"""The preview every finished job gets: 30 s is about 0.2 MB, so any client can read it in one message."""
 INSTRUCTIONS: Final = (
     "Generate sound effects, ambience and short music clips from text with MMAudio v2. "
     "generate_audio waits for the result when it can; otherwise call check_status with the request_id it returns. "
@@ -162,16 +160,17 @@ def build_server(
     live = _Live()
 
     levels: WeakKeyDictionary[Any, str] = WeakKeyDictionary()  # each session's logging/setLevel
+    previews = settings.state_dir / "previews"  # not among the user's files
     server = _Server(
         "mmaudio-mcp",
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         log_level="WARNING",
-        tools=_tools(settings.wait_seconds, levels),
+        tools=_tools(settings.wait_seconds, levels, previews),
         extensions=[_player_app()],
     )
-    _add_resources(server, live)
+    _add_resources(server, live, previews)
     _add_routes(server, live)
     _add_prompts(server)
     _add_logging(server, levels)
@@ -234,7 +233,9 @@ def _add_logging(server: MCPServer[AppState], levels: WeakKeyDictionary[Any, str
     server._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, set_level)  # pyright: ignore[reportPrivateUsage]
 
 
-def _tools(default_wait: float, levels: WeakKeyDictionary[Any, str]) -> list[Tool]:
+def _tools(default_wait: float, levels: WeakKeyDictionary[Any, str], previews: Path) -> list[Tool]:
+    """The three tools; `previews` is the folder for the compressed previews their results link to."""
+
     async def generate_audio(
         ctx: Context[AppState],
         prompt: Prompt,
@@ -266,7 +267,8 @@ def _tools(default_wait: float, levels: WeakKeyDictionary[Any, str]) -> list[Too
             job = await jobs.generate(params, wait_seconds=wait_seconds, progress=report, caller=caller)
             if destination is not None and job.file is not None:
                 job = await jobs.download(job.request_id, caller=caller, destination=destination)
-            return await with_player(tool_result(job, preview=await _preview(jobs, caller, job)), job)
+            preview = await preview_size(job.file, job.request_id, previews)
+            return await with_player(tool_result(job, preview_bytes=preview), job)
 
     async def check_status(
         ctx: Context[AppState],
@@ -278,7 +280,8 @@ def _tools(default_wait: float, levels: WeakKeyDictionary[Any, str]) -> list[Too
             jobs, caller = await _jobs_for(ctx)
             report = _progress(ctx, levels)
             job = await jobs.check(request_id, wait_seconds=wait_seconds, progress=report, caller=caller)
-            return await with_player(tool_result(job, preview=await _preview(jobs, caller, job)), job)
+            preview = await preview_size(job.file, job.request_id, previews)
+            return await with_player(tool_result(job, preview_bytes=preview), job)
 
     async def download_audio(
         ctx: Context[AppState],
@@ -323,10 +326,11 @@ def _tools(default_wait: float, levels: WeakKeyDictionary[Any, str]) -> list[Too
             )
             key = None if options.is_identity else options.variant_key()
             uri = audio_uri(job.request_id, key, options.format)
-            result = tool_result(job, file_uri=uri, preview=await _preview(jobs, caller, job))
+            delivered = (await jobs.check(request_id, caller=caller)).file  # the WAV the player plays
+            preview = await preview_size(delivered, job.request_id, previews)
+            result = tool_result(job, file_uri=uri, preview_bytes=preview)
             if include_audio:
                 result = await with_inline_audio(result, job)
-            delivered = (await jobs.check(request_id, caller=caller)).file  # the WAV the player plays
             return await with_player(result, job, delivered)
 
     player = {"resourceUri": PLAYER_URI}
@@ -336,18 +340,6 @@ def _tools(default_wait: float, levels: WeakKeyDictionary[Any, str]) -> list[Too
         # destructive: with overwrite=true it replaces a file in the user's project.
         _tool(download_audio, "Save generated audio", idempotent=True, destructive=True, ui=player),
     ]
-
-
-async def _preview(jobs: JobService, caller: Caller, job: AudioJob) -> AudioFile | None:
-    """The compressed preview of a finished job's delivered WAV (made once, cached like any variant); None while
-    the job runs, or if it cannot be made (the result still names the file's path)."""
-    if job.file is None:
-        return None
-    try:
-        return (await jobs.download(job.request_id, caller=caller, options=PREVIEW)).file
-    except MmaudioError as exc:
-        logger.warning("no preview for %s: %s", job.request_id, exc.message)
-        return None
 
 
 def _tool(
@@ -393,7 +385,7 @@ class _Tool(Tool):
 _VARIANT_KEY: Final = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
-def _add_resources(server: MCPServer[AppState], live: _Live) -> None:
+def _add_resources(server: MCPServer[AppState], live: _Live, previews: Path) -> None:
     @server.resource(
         "audio://{request_id}",
         name="audio",
@@ -417,9 +409,9 @@ def _add_resources(server: MCPServer[AppState], live: _Live) -> None:
     async def audio_preview(request_id: str, ctx: Context[AppState]) -> bytes:
         with resource_errors(preview_uri(request_id), ctx.protocol_version):
             jobs, caller = await _jobs_for(ctx)
-            preview = (await jobs.download(request_id, caller=caller, options=PREVIEW)).file
-            assert preview is not None
-            return await anyio.Path(preview.path).read_bytes()
+            delivered = (await jobs.download(request_id, caller=caller)).file
+            assert delivered is not None
+            return await anyio.Path(await make_preview(delivered, request_id, previews)).read_bytes()
 
     for fmt, mime in MIME_TYPES.items():
         _add_variant_resource(server, fmt, mime)

@@ -359,8 +359,11 @@ async def read_links(client: Client, result: CallToolResult) -> dict[str, tuple[
     return out
 
 
-async def test_a_30_s_clip_links_a_preview_that_fits_and_says_exactly_what_it_is(client: Client) -> None:
-    """The longest clip's WAV (5.3 MB) is not linked; its Ogg preview is, with the size and type a read returns."""
+async def test_a_30_s_clip_links_a_preview_that_fits_and_says_exactly_what_it_is(
+    client: Client, settings: Settings
+) -> None:
+    """The longest clip's WAV (5.3 MB) is not linked; its Ogg preview is, with the size and type a read returns.
+    The preview is kept in the state folder: the user's output folder holds only the WAV."""
     result = await generate(client, duration=30)
     assert not result.is_error, text_of(result)
     job = result.structured_content
@@ -372,6 +375,7 @@ async def test_a_30_s_clip_links_a_preview_that_fits_and_says_exactly_what_it_is
     assert (link.mime_type, link.size, data[:4]) == ("audio/ogg", len(data), b"OggS")
     assert link.name.endswith("-preview.ogg")
     assert "too large for one MCP message" in text_of(result)
+    assert [path.suffix for path in files_under(settings.output_dir)] == [".wav"]
 
 
 async def test_each_variant_has_its_own_uri_and_its_link_tells_the_truth(client: Client) -> None:
