@@ -78,7 +78,9 @@ def prompt_errors() -> Generator[None]:
     except MCPError:
         raise
     except ValueError as exc:
-        cause = exc.__cause__ if isinstance(exc.__cause__, ValidationError) else exc
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, ValidationError):  # the SDK wraps it twice
+            cause = cause.__cause__
         prompt_error(explain_validation_error(cause) if isinstance(cause, ValidationError) else str(exc))
 
 

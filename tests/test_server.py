@@ -412,3 +412,19 @@ async def test_the_delivered_wav_is_linked_when_it_fits(client: Client) -> None:
     link, data = read[f"audio://{job['request_id']}"]
     assert (link.mime_type, link.size) == ("audio/wav", len(data))
     assert data == Path(job["file"]["path"]).read_bytes()
+
+
+async def test_prompt_errors_are_invalid_params_with_a_sentence(client: Client) -> None:
+    """Unknown prompt, missing or bad argument: -32602 (the SDK alone answers code 0), saying what is wrong."""
+    cases = [
+        ("nope", {}, "Unknown prompt 'nope'"),
+        ("ambience", {}, "needs the argument(s) place"),
+        ("ambience", {"place": "a harbour", "duration": "99"}, "duration must be between 2 and 30 seconds"),
+    ]
+    for name, arguments, words in cases:
+        with pytest.raises(MCPError) as caught:
+            await client.get_prompt(name, arguments)
+        assert caught.value.error.code == -32602, (name, caught.value.error)
+        assert words in caught.value.error.message
+    listed = (await client.list_prompts()).prompts
+    assert all(argument.description for prompt in listed for argument in prompt.arguments or [])
