@@ -1,4 +1,4 @@
-"""Audio files on disk: stream a download into place, check it is a complete WAV, and name it safely."""
+"""Audio files on disk: stream a download into place, check it is complete audio (any container), name it safely."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.to_thread
 
+from mmaudio_mcp.containers import AudioInfo, check_decoded, sniff
 from mmaudio_mcp.errors import InvalidArgumentError, InvalidAudioError, MediaTooLargeError
 from mmaudio_mcp.models import AudioFile
 
@@ -42,6 +43,15 @@ _SAMPLE_FORMATS = {(_PCM, bits): f"pcm{bits}" for bits in (8, 16, 24, 32)} | {
 _SUPPORTED = "PCM 8/16/24/32-bit and IEEE float 32/64-bit (plain or WAVE_FORMAT_EXTENSIBLE)"
 _ENCODING_NAMES = {0x02: "Microsoft ADPCM", 0x06: "A-law", 0x07: "mu-law", 0x11: "IMA ADPCM", 0x55: "MP3"}
 _OTHER_FORMATS = {b"ID3": "an MP3", b"OggS": "an Ogg", b"fLaC": "a FLAC", b"RF64": "an RF64 (64-bit WAV)"}
+_NOT_AUDIO = {
+    b"%PDF": "a PDF document",
+    b"PK\x03\x04": "a ZIP archive",
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"\x1f\x8b": "a gzip archive",
+}
+_ACCEPTED = "WAV (incl. RF64), FLAC, Ogg Vorbis/Opus or MP3"
 
 _SLUG_MAX = 40
 _SHORT_ID_LENGTH = 8
@@ -213,6 +223,36 @@ def _not_wav_message(head: bytes, total_size: int) -> str:
     return f"the file does not start with a RIFF/WAVE header (first bytes: {head[:12].hex(' ')})"
 
 
+def not_audio_message(head: bytes, total_size: int) -> str:
+    """Say what a body that is no audio container we know looks like instead."""
+    if total_size == 0 or not head:
+        return "the file is empty (0 bytes), not audio"
+    text = head[:64].lstrip().lower()
+    if text.startswith(b"<"):
+        return f"the file is an HTML/XML page, not audio (the media URL probably answered an error): {_excerpt(head)}"
+    if text.startswith((b"{", b"[")):
+        return f"the file is JSON, not audio (the media URL probably answered an error): {_excerpt(head)}"
+    if head.startswith(b"RIFF") and len(head) >= 12:
+        return f"the file is a RIFF file of type {head[8:12]!r}, not audio ({_ACCEPTED})"
+    for magic, what in _NOT_AUDIO.items():
+        if head.startswith(magic):
+            return f"the file is {what}, not audio"
+    if len(head) < 12:
+        return f"the file is only {len(head)} bytes, too short to be audio"
+    return f"the file is not audio in a container this server reads ({_ACCEPTED}); first bytes: {head[:12].hex(' ')}"
+
+
+def check_audio(path: Path, head: bytes, size: int) -> AudioInfo:
+    """Identify a file's container by its bytes and decode it whole (blocking); InvalidAudioError says what is
+    wrong, or what the file is when it is not audio."""
+    kind = sniff(head)
+    if kind is None:
+        raise InvalidAudioError(not_audio_message(head, size))
+    if kind == "wav":
+        parse_wav(head, size)  # the header's own checks: encodings we refuse, and truncation by declared size
+    return check_decoded(path, head, size, kind)
+
+
 def _excerpt(head: bytes) -> str:
     """Quote the start of a text body on one line."""
     text = " ".join(head[:120].decode("utf-8", "replace").split())
@@ -318,16 +358,18 @@ class _PartFile:
         self.file.write(self.pending)
         self.pending.clear()
 
-    def commit(self, dest: Path) -> tuple[Path, WavInfo]:
-        """Finish the file, check it is a usable WAV and rename it onto dest; return dest resolved."""
+    def commit(self, dest: Path) -> tuple[Path, AudioInfo]:
+        """Finish the file, check it is complete audio and rename it onto dest, under its container's extension
+        (the file is kept as delivered); return the final path, resolved."""
         self._flush_pending()
         self.file.flush()
         # Durable before the rename, so a crash cannot leave dest renamed but empty.
         os.fsync(self.file.fileno())
         self.file.close()
-        info = parse_wav(bytes(self.head), self.size)
-        os.replace(self.path, dest)
-        return dest.resolve(), info
+        info = check_audio(self.path, bytes(self.head), self.size)
+        final = dest.with_suffix(f".{info.container}")
+        os.replace(self.path, final)
+        return final.resolve(), info
 
     def discard(self) -> None:
         """Close and remove the temporary file."""
@@ -336,8 +378,9 @@ class _PartFile:
         self.path.unlink(missing_ok=True)
 
 
-async def save_wav(chunks: AsyncIterable[bytes], dest: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> AudioFile:
-    """Stream chunks into a temporary file beside dest, check it is a complete WAV, then rename it into place."""
+async def save_audio(chunks: AsyncIterable[bytes], dest: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> AudioFile:
+    """Stream chunks into a temporary file beside dest, check it is complete audio, then rename it into place
+    (with the suffix of the container it turned out to be: a FLAC delivery named `x.wav` is saved as `x.flac`)."""
     part = await anyio.to_thread.run_sync(_PartFile, dest, max_bytes)
     try:
         async for chunk in chunks:
@@ -385,7 +428,7 @@ async def verify_file(path: Path, sha256: str) -> bool:
 
 
 async def describe_file(path: Path) -> AudioFile:
-    """Hash and parse an existing WAV into an AudioFile; InvalidAudioError if it is not a usable WAV."""
+    """Hash and decode an existing audio file into an AudioFile; InvalidAudioError if it is not usable audio."""
     return await anyio.to_thread.run_sync(_describe, path)
 
 
@@ -399,9 +442,9 @@ def _matches(path: Path, sha256: str) -> bool:
 
 
 def _describe(path: Path) -> AudioFile:
-    """Hash and parse a WAV file (blocking)."""
+    """Hash and decode an audio file (blocking)."""
     digest, head, size = _digest_and_head(path)
-    return _audio_file(path.resolve(), size, digest, parse_wav(head, size))
+    return _audio_file(path.resolve(), size, digest, check_audio(path, head, size))
 
 
 def _digest_and_head(path: Path) -> tuple[str, bytes, int]:
@@ -418,7 +461,7 @@ def _digest_and_head(path: Path) -> tuple[str, bytes, int]:
     return digest.hexdigest(), head, size
 
 
-def _audio_file(path: Path, size: int, sha256: str, info: WavInfo) -> AudioFile:
+def _audio_file(path: Path, size: int, sha256: str, info: AudioInfo) -> AudioFile:
     """Assemble the result for an absolute path."""
     return AudioFile(
         path=str(path),
@@ -429,6 +472,7 @@ def _audio_file(path: Path, size: int, sha256: str, info: WavInfo) -> AudioFile:
         channels=info.channels,
         sample_format=info.sample_format,
         duration_seconds=round(info.duration_seconds, 3),
+        format=info.container,
     )
 
 
@@ -436,15 +480,17 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "WavInfo",
     "audio_filename",
+    "check_audio",
     "checked_filename",
     "describe_file",
     "file_digest",
     "file_uri",
+    "not_audio_message",
     "parse_wav",
     "part_file_for",
     "read_wav_info",
     "remove_stale_parts",
-    "save_wav",
+    "save_audio",
     "sha256_of",
     "verify_file",
 ]

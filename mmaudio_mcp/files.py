@@ -20,7 +20,7 @@ from mmaudio_mcp.audio import (
     checked_filename,
     file_digest,
     remove_stale_parts,
-    save_wav,
+    save_audio,
     verify_file,
 )
 from mmaudio_mcp.errors import MediaError, MmaudioError
@@ -168,7 +168,7 @@ class JobFiles:
         try:
             with anyio.fail_after(deadline):
                 async with self._client.stream_media(record.media_url, max_bytes=cap) as chunks:
-                    return await save_wav(chunks, dest, max_bytes=cap)
+                    return await save_audio(chunks, dest, max_bytes=cap)
         except TimeoutError as exc:
             raise MediaError(f"The audio download took longer than {deadline:g} s (the CDN is too slow).") from exc
 

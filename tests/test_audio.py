@@ -22,7 +22,7 @@ from mmaudio_mcp.audio import (
     file_uri,
     parse_wav,
     read_wav_info,
-    save_wav,
+    save_audio,
     verify_file,
 )
 from mmaudio_mcp.errors import InvalidArgumentError, InvalidAudioError, MediaTooLargeError
@@ -199,7 +199,7 @@ def test_read_wav_info_reads_the_header_of_a_file_on_disk(tmp_path: Path) -> Non
     assert read_wav_info(path) == parse_wav(float32_wav(), len(float32_wav()))
 
 
-# --- save_wav --------------------------------------------------------------------------------------------------------
+# --- save_audio ------------------------------------------------------------------------------------------------------
 
 
 def names(folder: Path) -> list[str]:
@@ -219,7 +219,7 @@ async def test_save_wav_writes_the_file_atomically_with_its_sha256(tmp_path: Pat
     wav = float32_wav(frames=48000 * 3)  # ~1.1 MB, several chunks
     dest = tmp_path / "out" / "rain.wav"
 
-    result = await save_wav(stream(wav, 64 * 1024), dest)
+    result = await save_audio(stream(wav, 64 * 1024), dest)
 
     assert dest.read_bytes() == wav
     assert result.sha256 == hashlib.sha256(wav).hexdigest()
@@ -235,7 +235,7 @@ async def test_save_wav_replaces_an_existing_file(tmp_path: Path) -> None:
     dest = tmp_path / "rain.wav"
     dest.write_bytes(b"old")
 
-    await save_wav(stream(pcm16_wav()), dest)
+    await save_audio(stream(pcm16_wav()), dest)
 
     assert dest.read_bytes() == pcm16_wav()
 
@@ -251,7 +251,7 @@ async def test_a_download_over_the_cap_stops_early_and_leaves_nothing(tmp_path: 
             yield bytes(1000)
 
     with pytest.raises(MediaTooLargeError, match=r"0\.0047\d* MB"):
-        await save_wav(big(), tmp_path / "big.wav", max_bytes=5000)
+        await save_audio(big(), tmp_path / "big.wav", max_bytes=5000)
 
     assert yielded == 6
     assert names(tmp_path) == []
@@ -260,7 +260,7 @@ async def test_a_download_over_the_cap_stops_early_and_leaves_nothing(tmp_path: 
 async def test_invalid_audio_is_not_saved_and_leaves_no_temp_file(tmp_path: Path) -> None:
     """An HTML body raises InvalidAudioError and nothing is left in the folder."""
     with pytest.raises(InvalidAudioError, match="HTML"):
-        await save_wav(stream(HTML_PAGE), tmp_path / "x.wav")
+        await save_audio(stream(HTML_PAGE), tmp_path / "x.wav")
 
     assert names(tmp_path) == []
 
@@ -275,7 +275,7 @@ async def test_cancelling_mid_stream_removes_the_temp_file(tmp_path: Path) -> No
         await anyio.sleep_forever()
 
     with anyio.move_on_after(0.1) as scope:
-        await save_wav(stalls(), tmp_path / "x.wav")
+        await save_audio(stalls(), tmp_path / "x.wav")
 
     assert scope.cancelled_caught
     assert len(parts_seen) == 1
@@ -300,7 +300,7 @@ async def test_a_failed_save_leaves_the_previous_file_untouched(
     dest.write_bytes(float32_wav())
 
     with pytest.raises(error):
-        await save_wav(stream(body), dest, max_bytes=max_bytes)
+        await save_audio(stream(body), dest, max_bytes=max_bytes)
 
     assert dest.read_bytes() == float32_wav()
     assert names(tmp_path) == ["rain.wav"]
@@ -324,7 +324,7 @@ async def test_verify_file_is_true_for_a_match_and_false_for_a_mismatch_or_a_mis
 
 async def test_describe_file_matches_what_save_wav_reported(tmp_path: Path) -> None:
     """describe_file rebuilds the same AudioFile from a file on disk."""
-    saved = await save_wav(stream(float32_wav()), tmp_path / "a.wav")
+    saved = await save_audio(stream(float32_wav()), tmp_path / "a.wav")
 
     assert await describe_file(tmp_path / "a.wav") == saved
 
@@ -469,3 +469,70 @@ async def test_stale_partial_downloads_are_removed_but_fresh_ones_are_kept(tmp_p
     assert await remove_stale_parts(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, done.name])
     assert await remove_stale_parts(tmp_path / "missing") == 0
+
+
+# --- any container the gateway delivers ------------------------------------------------------------------------------
+
+CONTAINERS = [
+    # (encoding asked of the sandbox's encoder, saved suffix, sample rate, sample format)
+    ("rf64", ".wav", 44_100, "float32"),
+    ("flac", ".flac", 44_100, "pcm24"),
+    ("ogg", ".ogg", 44_100, "vorbis"),
+    ("opus", ".ogg", 48_000, "opus"),
+    ("mp3", ".mp3", 44_100, "mp3"),
+]
+
+
+def delivered(encoding: str, seconds: int = 2) -> bytes:
+    from mmaudio_mcp.sandbox_audio import wav_for
+    from mmaudio_mcp.sandbox_media import encode
+
+    return encode(wav_for("rain on a tin roof", seconds), encoding)
+
+
+@pytest.mark.parametrize(("encoding", "suffix", "rate", "sample_format"), CONTAINERS, ids=[c[0] for c in CONTAINERS])
+async def test_every_audio_container_is_kept_as_delivered_under_its_own_suffix(
+    tmp_path: Path, encoding: str, suffix: str, rate: int, sample_format: str
+) -> None:
+    """Detected by its bytes (the name asked for says .wav), checked by decoding it whole, kept byte for byte under
+    the container's suffix, and described from the decoded stream."""
+    body = delivered(encoding)
+    saved = await save_audio(stream(body, 4096), tmp_path / "rain-12345678.wav")
+    path = tmp_path / f"rain-12345678{suffix}"
+    assert saved.path == str(path.resolve())
+    assert path.read_bytes() == body
+    assert saved.sha256 == hashlib.sha256(body).hexdigest()
+    assert (saved.sample_rate, saved.channels, saved.sample_format) == (rate, 1, sample_format)
+    assert saved.duration_seconds == pytest.approx(2.0, abs=0.06)
+    assert saved.format == suffix.removeprefix(".")
+    assert not (tmp_path / "rain-12345678.wav").exists() or suffix == ".wav"
+    assert (await describe_file(path)).model_dump() == saved.model_dump()
+
+
+@pytest.mark.parametrize("encoding", ["rf64", "flac", "ogg", "mp3"])
+async def test_a_cut_off_delivery_in_any_container_is_refused_as_truncated(tmp_path: Path, encoding: str) -> None:
+    """Half a file is caught whatever the container (by its declared size, its decoder, or a missing end of stream)
+    and leaves nothing behind."""
+    body = delivered(encoding, 4)
+    with pytest.raises(InvalidAudioError, match=r"truncated|cut off"):
+        await save_audio(stream(body[: len(body) // 2], 4096), tmp_path / "x.wav")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b"%PDF-1.7\n" + bytes(4000), "a PDF document, not audio"),
+        (b"PK\x03\x04" + bytes(4000), "a ZIP archive, not audio"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(4000), "a PNG image, not audio"),
+        (b"RIFF\x00\x10\x00\x00AVI LIST" + bytes(4000), "RIFF file of type b'AVI ', not audio"),
+        (b"<!DOCTYPE html><html>Access denied</html>", "HTML/XML page, not audio"),
+        (bytes(range(256)) * 20, "not audio in a container this server reads"),
+    ],
+    ids=["pdf", "zip", "png", "avi", "html", "noise"],
+)
+async def test_only_what_is_not_audio_is_refused_saying_what_it_is(tmp_path: Path, body: bytes, said: str) -> None:
+    """Refused with a message that names what the body is."""
+    with pytest.raises(InvalidAudioError, match=re.escape(said)):
+        await save_audio(stream(body), tmp_path / "x.wav")
+    assert list(tmp_path.iterdir()) == []

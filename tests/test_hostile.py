@@ -25,7 +25,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from mmaudio_mcp.audio import read_wav_info
+from mmaudio_mcp.audio import describe_file, read_wav_info
 from mmaudio_mcp.jobs import Limits
 from mmaudio_mcp.sandbox import SANDBOX_API_KEY, Fault, FaultKind, SandboxConfig, create_sandbox
 from mmaudio_mcp.server import build_server
@@ -240,13 +240,13 @@ class Target:
         return value
 
 
-def assert_output_clean(output: Path) -> None:
-    """Nothing hidden or partial in the output folder, and every file in it is a complete WAV."""
+async def assert_output_clean(output: Path) -> None:
+    """Nothing hidden or partial in the output folder, and every file in it is complete audio (any container)."""
     for path in output.rglob("*"):
         if path.is_file():
             assert not path.name.startswith("."), f"hidden or partial file left: {path}"
-            assert path.suffix == ".wav", f"not audio: {path}"
-            read_wav_info(path)  # raises InvalidAudioError for a truncated or fake WAV
+            assert path.suffix in (".wav", ".flac", ".ogg", ".mp3"), f"not audio: {path}"
+            await describe_file(path)  # decodes it whole: raises InvalidAudioError for a truncated or fake file
 
 
 async def prepare(target: Target) -> Target:
@@ -566,7 +566,7 @@ async def check_bad_call(target: Target, case: Bad) -> None:
     assert await target.tools() == TOOLS
     assert target.strays() == []
     assert not target.outside.exists()
-    assert_output_clean(target.output)
+    await assert_output_clean(target.output)
 
 
 @pytest.mark.parametrize("case", BAD_CALLS)
@@ -911,7 +911,7 @@ FAULTS = [
     upset(FaultKind.JOB_FAILED, 1, "FAILED", "FAILED", "failed"),
     upset(FaultKind.JOB_ERROR, 1, "ERROR", "ERROR", "not charged"),
     upset(FaultKind.TRUNCATED_WAV, 2, "COMPLETED", "truncated", MEDIA_RETRY, media=True),
-    upset(FaultKind.NOT_WAV, 2, "COMPLETED", "not a WAV", MEDIA_RETRY, media=True),
+    upset(FaultKind.NOT_WAV, 2, "COMPLETED", "HTML/XML page, not audio", MEDIA_RETRY, media=True),
     upset(FaultKind.MEDIA_404, 2, "COMPLETED", "404", MEDIA_RETRY, media=True),
     upset(FaultKind.SLOW_MEDIA, 2, "COMPLETED", "longer than 2 s", MEDIA_RETRY, media=True),
     upset(FaultKind.HUGE_MEDIA, 2, "COMPLETED", "8,388,608 bytes", "cap", MEDIA_RETRY, media=True),
@@ -919,6 +919,18 @@ FAULTS = [
     upset(FaultKind.MEDIA_REDIRECT_OTHER_HOST, 2, "COMPLETED", "Refusing", MEDIA_RETRY, media=True),
     upset(FaultKind.POLL_HANG, 1, "COMPLETED"),
     upset(FaultKind.SUBMIT_HANG, 1, "SUBMITTING", "may be billed", "not resent", "dashboard"),
+    upset(FaultKind.SUBMIT_NO_ID, 1, "SUBMITTING", "may be billed", "not resent", "unfinished"),
+    upset(FaultKind.SUBMIT_ODD_ID, 1, "SUBMITTING", "may be billed", "refuses", "unfinished"),
+    upset(FaultKind.SUBMIT_LONG_ID, 1, "SUBMITTING", "may be billed", "10,000 characters", "unfinished"),
+    upset(FaultKind.POLL_DRIP, 1, "COMPLETED"),
+    upset(FaultKind.POLL_HUGE, 1, "QUEUED", "over 1024 KiB", "check_status"),
+    upset(FaultKind.POLL_UNKNOWN_STATUS, 1, "QUEUED", "'DONE'", "check_status"),
+    upset(FaultKind.MEDIA_RF64, 1, "COMPLETED"),
+    upset(FaultKind.MEDIA_FLAC, 1, "COMPLETED"),
+    upset(FaultKind.MEDIA_OGG, 1, "COMPLETED"),
+    upset(FaultKind.MEDIA_OPUS, 1, "COMPLETED"),
+    upset(FaultKind.MEDIA_MP3, 1, "COMPLETED"),
+    upset(FaultKind.TRUNCATED_FLAC, 2, "COMPLETED", "FLAC", MEDIA_RETRY, media=True),
 ]
 
 
@@ -944,7 +956,7 @@ async def test_an_upstream_fault_ends_clearly_and_loses_no_job(upstream: Upstrea
         for word in case.words:
             assert word in text, f"{word!r} not in {text!r}"
         assert SANDBOX_API_KEY not in text
-    assert_output_clean(upstream.output)
+    await assert_output_clean(upstream.output)
     assert upstream.strays() == []
     rows = [row for row in await upstream.listing() if row["prompt"] == prompt]
     assert [row["status"] for row in rows] == [case.row], rows
@@ -959,7 +971,7 @@ async def test_an_upstream_fault_ends_clearly_and_loses_no_job(upstream: Upstrea
     upstream.sandbox.clear_faults()
     after = await upstream.generate("a bell rings after the fault")
     assert not after.is_error, text_of(after)
-    assert_output_clean(upstream.output)
+    await assert_output_clean(upstream.output)
 
 
 async def test_a_hanging_submit_is_listed_as_possibly_billed_and_not_resent(upstream: Upstream) -> None:
@@ -1036,5 +1048,5 @@ async def test_a_failing_status_endpoint_makes_check_status_a_clear_error_and_ke
     assert done.structured_content is not None, text_of(done)
     assert done.structured_content["status"] == "COMPLETED"
     assert upstream.sandbox.stats().submits == 1
-    assert_output_clean(upstream.output)
+    await assert_output_clean(upstream.output)
     assert upstream.strays() == []

@@ -205,3 +205,43 @@ async def test_progress_strictly_increases_and_never_mixes_the_upstreams_clock_w
     assert job.completed_at is not None and abs((job.completed_at - job.created_at).total_seconds()) < 60
     (record,) = await skewed.recent()
     assert record.run_seconds is not None and 0 < record.run_seconds < 60
+
+
+# --- section 3: whatever audio the gateway delivers ----------------------------------------------------------------
+
+MEDIA = [
+    (FaultKind.MEDIA_RF64, "wav"),
+    (FaultKind.MEDIA_FLAC, "flac"),
+    (FaultKind.MEDIA_OGG, "ogg"),
+    (FaultKind.MEDIA_OPUS, "ogg"),
+    (FaultKind.MEDIA_MP3, "mp3"),
+]
+
+
+@pytest.mark.parametrize(("kind", "fmt"), MEDIA, ids=[kind.value for kind, _ in MEDIA])
+async def test_a_job_delivered_in_any_container_completes_and_converts(
+    client: Client, sandbox: Sandbox, kind: FaultKind, fmt: str
+) -> None:
+    """The paid job completes with the file as delivered (right suffix, format and metadata from the stream), and
+    processing works from it (before: "the file is a FLAC file, not a WAV", after paying)."""
+    sandbox.add_fault(Fault(kind))
+    made = await client.call_tool("generate_audio", {"prompt": "rain", **FAST})
+    assert made.structured_content is not None and not made.is_error, text_of(made)
+    file = made.structured_content["file"]
+    assert file["format"] == fmt and file["path"].endswith(f".{fmt}")
+    assert file["duration_seconds"] == pytest.approx(2.0, abs=0.06)
+    converted = await client.call_tool(
+        "download_audio", {"request_id": made.structured_content["request_id"], "format": "flac", "normalize": True}
+    )
+    assert not converted.is_error, text_of(converted)
+
+
+async def test_a_truncated_flac_is_refused_and_the_job_stays_downloadable(client: Client, sandbox: Sandbox) -> None:
+    """A cut-off FLAC is caught by decoding it whole; the paid job keeps its row and downloads once the CDN behaves."""
+    sandbox.add_fault(Fault(FaultKind.TRUNCATED_FLAC, times=2))  # the first URL and the refreshed one
+    made = await client.call_tool("generate_audio", {"prompt": "rain", **FAST})
+    assert made.is_error and "FLAC" in text_of(made), text_of(made)
+    (request_id,) = sandbox.stats().polls
+    again = await client.call_tool("check_status", {"request_id": request_id})
+    assert again.structured_content is not None and not again.is_error, text_of(again)
+    assert again.structured_content["file"] is not None  # the CDN behaves now (it serves the WAV)
