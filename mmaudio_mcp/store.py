@@ -84,7 +84,8 @@ CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_owner);
 """
 _TERMINAL: Final = tuple(status.value for status in JobStatus if status.is_terminal)
 _RANK: Final = {JobStatus.SUBMITTING: 0, JobStatus.QUEUED: 1, JobStatus.PROCESSING: 2}
-_KEEP_IF_MISSING: Final = ("request_id", "params", "submitted_at", "media_url", "webhook_token", "run_seconds")
+_CLEARABLE: Final = frozenset({"error"})
+"""The only field a write may set back to None (a later success clears the last failure)."""
 
 
 class LeaseLostError(Exception):
@@ -137,7 +138,7 @@ def merge_records(stored: JobRecord | None, incoming: JobRecord) -> JobRecord:
 
     - status never goes back: a terminal status stays (with its completion time), QUEUED never follows PROCESSING;
     - `file` is never cleared (a new file replaces it), variants are merged (incoming wins per key);
-    - request_id, params, submitted_at, media_url, webhook_token and run_seconds are never unset;
+    - no field but `error` is ever unset: a value missing from `incoming` keeps the stored one;
     - local_id, created_at and owner are the row's first; `updated_at` is the later one.
     """
     if stored is None:
@@ -150,9 +151,9 @@ def merge_records(stored: JobRecord | None, incoming: JobRecord) -> JobRecord:
         "variants": {**stored.variants, **incoming.variants},
         "file": incoming.file or stored.file,
     }
-    for name in _KEEP_IF_MISSING:
-        if getattr(incoming, name) is None:
-            update[name] = getattr(stored, name)
+    for name in type(incoming).model_fields:
+        if name not in _CLEARABLE and getattr(incoming, name) is None and getattr(stored, name) is not None:
+            update.setdefault(name, getattr(stored, name))
     if stored.status.is_terminal and incoming.status != stored.status:
         update |= {"status": stored.status, "completed_at": stored.completed_at, "run_seconds": stored.run_seconds}
         update["error"] = incoming.error or stored.error

@@ -152,13 +152,14 @@ async def test_a_stale_save_never_moves_a_job_backwards(tmp_path: Path) -> None:
     """A poll answer that arrives late (PROCESSING, no media URL) cannot undo a finished job or its details."""
     store = await SqliteJobStore.open(tmp_path)
     finished = record(1, JobStatus.COMPLETED).model_copy(
-        update={"media_url": "https://cdn.example/a.wav", "completed_at": T0, "file": audio("a.wav")}
+        update={"media_url": "https://cdn.example/a.wav", "completed_at": T0, "finished_at": T0, "file": audio("a.wav")}
     )
     await store.save(finished)
     stored = await store.save(record(1, JobStatus.PROCESSING))
     assert stored == await store.get("mmaudio-v2-text-to-audio_00000001")
     assert stored.status is JobStatus.COMPLETED
     assert (stored.media_url, stored.completed_at, stored.file) == ("https://cdn.example/a.wav", T0, audio("a.wav"))
+    assert stored.finished_at == T0, "a value one process recorded is not erased by another's stale copy"
     await store.save(record(2, JobStatus.PROCESSING))
     assert (await store.save(record(2, JobStatus.QUEUED))).status is JobStatus.PROCESSING
     await store.aclose()
