@@ -161,7 +161,9 @@ async def test_three_servers_and_the_cli_share_jobs_without_double_work_or_lost_
         f"\nsubmits={stats.submits} jobs={len(request_ids)} "
         f"polls/job min={min(polls.values())} max={max(polls.values())} "
         f"mean={sum(polls.values()) / len(polls):.2f} pollers/job max={max(len(p) for p in pollers.values())} "
-        f"media fetches/job={sorted(set(stats.media_fetches.values()))}"
+        f"media fetches/job={sorted(set(stats.media_fetches.values()))} "
+        f"rows with their file={sum(stored[rid]['file'] is not None for rid in request_ids)}/30 "
+        f"variants made={len(variants)} kept={sum(len(stored[rid]['variants']) for rid in request_ids[:10])}"
     )
     assert stats.submits == 30
     assert all(len(keys_seen) == 1 for keys_seen in pollers.values()), pollers
