@@ -202,16 +202,19 @@ class Takeover:
     fetches: int
 
 
-async def _takeover(tmp_path: Path, fault: FaultKind, ready: str) -> Takeover:
+async def _takeover(
+    tmp_path: Path, fault: FaultKind, ready: str, *, lease: float = LEASE_SECONDS, graceful: bool = False
+) -> Takeover:
     """Two servers wait on one job; kill -9 the lease holder once `ready` ("poll": its status poll is in flight,
-    "download": its media download is); the survivor's waiter must get the finished job."""
+    "download": its media download is), or with `graceful` close its stdin as a host does when it quits; the
+    survivor's waiter must get the finished job."""
     keys = [f"key-{n}-{secrets.token_hex(6)}" for n in range(2)]
     config = SandboxConfig(api_key=keys[0], extra_api_keys=(keys[1],), speed=0.5, queue_seconds=0.2, drip_seconds=0.05)
     sandbox = create_sandbox(config)
     recorder = Recorder(sandbox.app)
     state = tmp_path / "state"
     async with serve_on_loopback(recorder) as gateway:
-        env = server_env(tmp_path, PIXAZO_GATEWAY_URL=gateway, MMAUDIO_LEASE_SECONDS=str(LEASE_SECONDS))
+        env = server_env(tmp_path, PIXAZO_GATEWAY_URL=gateway, MMAUDIO_LEASE_SECONDS=str(lease))
         command = [sys.executable, "-m", "mmaudio_mcp"]
         async with (
             await anyio.open_process(command, env=env | {"PIXAZO_API_KEY": keys[0]}) as first,
@@ -234,7 +237,12 @@ async def _takeover(tmp_path: Path, fault: FaultKind, ready: str) -> Takeover:
                 holder = await _holder_pid(state, request_id, set(sessions))
                 while not _in_flight(recorder, request_id, ready):  # noqa: ASYNC110 (watching a recorder)
                     await anyio.sleep(0.02)
-                os.kill(holder, signal.SIGKILL)
+                if graceful:
+                    stdin = sessions[holder].process.stdin
+                    assert stdin is not None
+                    await stdin.aclose()
+                else:
+                    os.kill(holder, signal.SIGKILL)
                 killed_at, killed_wall = time.monotonic(), time.time()
                 (survivor,) = (pid for pid in sessions if pid != holder)
                 answer, _ = await sessions[survivor].until_response(waits[survivor])
@@ -266,3 +274,12 @@ async def test_kill_9_of_the_lease_holder_is_taken_over_within_the_lease(
     assert seen.fetches == (2 if ready == "download" else 1), "only an interrupted download is fetched again"
     # Bounded by the lease, not by a 30 s HTTP timeout or the 60 s wait (a generous bound, not a benchmark).
     assert seen.finished < LEASE_SECONDS + 8
+
+
+async def test_a_holder_that_shuts_down_cleanly_hands_its_jobs_over_at_once(tmp_path: Path) -> None:
+    """The host of the lease holder quits (stdin closes) mid-poll: the lease is released on the way out, so the
+    other server takes over without waiting for a 30 s lease to run out."""
+    seen = await _takeover(tmp_path, FaultKind.POLL_HANG, "poll", lease=30.0, graceful=True)
+    print(f"\nclean shutdown of the holder mid-poll (lease 30 s): survivor had the file after {seen.finished:.2f} s")
+    assert seen.job["status"] == "COMPLETED"
+    assert seen.finished < 15, "handed over on shutdown, not at the end of the lease"
