@@ -314,7 +314,8 @@ async def test_status_changes_reach_the_client_log_on_hosts_that_show_it(
         (
             "download_audio",
             {"request_id": "abc", "format": "aac", "fade_ms": -1},
-            "format must be one of 'wav', 'flac', 'ogg' or 'mp3' (got 'aac'). fade_ms must be between 0 and 5000 ms (got -1).",
+            "format must be one of 'wav', 'flac', 'ogg' or 'mp3' (got 'aac'). "
+            "fade_ms must be between 0 and 5000 ms (got -1).",
         ),
     ],
 )
