@@ -374,6 +374,7 @@ async def test_a_30_s_clip_links_a_preview_that_fits_and_says_exactly_what_it_is
     assert list(read) == [f"audio://{job['request_id']}/preview.ogg"]
     link, data = read[f"audio://{job['request_id']}/preview.ogg"]
     assert (link.mime_type, link.size, data[:4]) == ("audio/ogg", len(data), b"OggS")
+    assert len(data) < 300_000  # the README: about 0.2 MB for 30 s
     assert link.name.endswith("-preview.ogg")
     assert "too large for one MCP message" in text_of(result)
     assert [path.suffix for path in files_under(settings.output_dir)] == [".wav"]
