@@ -33,7 +33,7 @@ from mmaudio_mcp.files import BackgroundDownloads, JobFiles, Limits, record_erro
 from mmaudio_mcp.models import AudioJob, JobError, JobRecord, JobStatus, NextStep, is_valid_request_id, utc_now
 from mmaudio_mcp.pixazo import PixazoClient
 from mmaudio_mcp.polling import Pollers, elapsed_seconds
-from mmaudio_mcp.schedule import PollPolicy, eta_seconds, expected_seconds, seconds_per_unit
+from mmaudio_mcp.schedule import Learned, PollPolicy, eta_seconds, expected_seconds, learn
 from mmaudio_mcp.store import LeaseLostError, Leases, SqliteJobStore
 
 if TYPE_CHECKING:
@@ -94,11 +94,17 @@ class JobService:
         self._policy = policy or PollPolicy()
         self._webhook_base = webhook_base
         self._pollers = Pollers(
-            self._step, self._expected, self._policy, webhooks=webhook_base is not None, leases=self._leases
+            self._step,
+            self._expected,
+            self._policy,
+            webhooks=webhook_base is not None,
+            leases=self._leases,
+            learned=lambda: self._learned,
         )
         self._webhook_jobs: dict[str, str] = {}
         self._keys: dict[str, SecretStr] = {}  # owner hash -> key, in memory only, to poll for absent callers
         self._rate = self._policy.prior_seconds_per_unit
+        self._learned = Learned(self._rate, self._policy.prior_spread, 0)
         self._rate_learned = False
         self._downloads = BackgroundDownloads(self._files)
 
@@ -387,8 +393,12 @@ class JobService:
         return expected_seconds(record.params, self._rate, self._policy)
 
     async def _learn_rate(self) -> None:
-        self._rate = seconds_per_unit(await self._store.recent(HISTORY_SIZE), self._policy)
+        before = self._learned
+        self._learned = learn(await self._store.recent(HISTORY_SIZE), self._policy)
+        self._rate = self._learned.rate
         self._rate_learned = True
+        if self._learned != before:
+            self._pollers.replan()
 
     async def _learn_rate_once(self) -> None:
         if not self._rate_learned:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from mmaudio_mcp.models import JobRecord
-    from mmaudio_mcp.schedule import PollPolicy
+    from mmaudio_mcp.schedule import Learned, PollPolicy
     from mmaudio_mcp.store import Leases
 
     ProgressCallback = Callable[[float, float | None, str], Awaitable[None]]
@@ -72,6 +72,7 @@ class _Watch:
     failure: MmaudioError | None = None
     note: str | None = None
     last_error: MmaudioError | None = None
+    replanned: bool = False
     """The failure of the last poll, if it failed (a transient one: the poller goes on)."""
 
     def publish(self, record: JobRecord, *, done: bool = False) -> None:
@@ -91,9 +92,12 @@ class Pollers:
         *,
         webhooks: bool = False,
         leases: Leases | None = None,
+        learned: Callable[[], Learned] | None = None,
     ) -> None:
         """With `leases`, the poller of a job whose lease another process holds follows it instead: `step` then
-        re-reads the row (cheap), every `leases.follow_seconds`, and takes the lease over if it expires."""
+        re-reads the row (cheap), every `leases.follow_seconds`, and takes the lease over if it expires. `learned`
+        tells what finished jobs taught so far (the schedule probes early while nothing is)."""
+        self._learned = learned
         self._step = step
         self._leases = leases
         self._expected = expected
@@ -137,6 +141,15 @@ class Pollers:
         await self._report(watch, series)
         return watch.record
 
+    def replan(self) -> None:
+        """Something was learned (a job finished): every poller recomputes its next poll, and a job now past its
+        expected end is polled at once (the first of a batch to finish tells the rest theirs are due)."""
+        if self._webhooks:
+            return  # the callback says when each job ends; polls are only a safety net
+        for watch in self._watches.values():
+            watch.replanned = True
+            watch.wake.set()
+
     def wake(self, record: JobRecord) -> None:
         """Poll this job now (a webhook said it changed): through its poller, or once in the background."""
         assert record.request_id is not None
@@ -172,9 +185,7 @@ class Pollers:
             while watch.waiters > 0 and not watch.done:
                 if self._leases is not None and not (leading and self._leases.holds(request_id)):
                     leading = await self._leases.acquire(request_id)  # else follow: re-read the row, try again
-                with anyio.move_on_after(self._delay(watch, leading=leading)):
-                    await watch.wake.wait()
-                watch.wake = anyio.Event()
+                await self._pause(watch, leading=leading)
                 if watch.waiters == 0:
                     break
                 await self._poll_once(watch)
@@ -193,6 +204,18 @@ class Pollers:
             if leading and self._leases is not None:
                 await self._leases.release(request_id)
 
+    async def _pause(self, watch: _Watch, *, leading: bool) -> None:
+        """Sleep until the next poll is due, or until a webhook asks for one now; a replan recomputes the pause."""
+        while True:
+            with anyio.move_on_after(self._delay(watch, leading=leading)) as slept:
+                await watch.wake.wait()
+            watch.wake = anyio.Event()
+            if slept.cancelled_caught or not watch.replanned:
+                return
+            watch.replanned = False
+            if watch.waiters == 0 or elapsed_seconds(watch.record) >= self._expected(watch.record):
+                return
+
     async def _poll_once(self, watch: _Watch) -> None:
         try:
             record = await self._step(watch.record)
@@ -206,8 +229,15 @@ class Pollers:
         watch.publish(record, done=record.status.is_terminal)
 
     def _delay(self, watch: _Watch, *, leading: bool = True) -> float:
-        schedule = fallback_poll_delay if self._webhooks else next_poll_delay
-        delay = schedule(elapsed_seconds(watch.record), self._expected(watch.record), self._policy)
+        elapsed, expected = elapsed_seconds(watch.record), self._expected(watch.record)
+        if self._webhooks:
+            delay = fallback_poll_delay(elapsed, expected, self._policy)
+        else:
+            learned = self._learned() if self._learned is not None else None
+            spread = learned.spread if learned is not None else None
+            delay = next_poll_delay(
+                elapsed, expected, self._policy, spread=spread, learned=learned is None or learned.samples > 0
+            )
         if not leading and self._leases is not None:  # following another process's poller: re-read the row often
             return min(delay, self._leases.follow_seconds)
         return max(delay, self._policy.ceiling) if watch.note else delay

@@ -105,7 +105,7 @@ async def test_failed_jobs_are_tool_errors_that_say_why(
     ("kind", "words"),
     [
         (FaultKind.TRUNCATED_WAV, "truncated"),
-        (FaultKind.NOT_WAV, "not a WAV"),
+        (FaultKind.NOT_WAV, "not audio"),
         (FaultKind.MEDIA_404, "404"),
     ],
 )

@@ -10,6 +10,7 @@ from mmaudio_mcp.models import GenerationParams, JobRecord, JobStatus
 from mmaudio_mcp.schedule import (
     PollPolicy,
     expected_seconds,
+    learn,
     next_poll_delay,
     progress_message,
     seconds_per_unit,
@@ -39,22 +40,51 @@ def test_the_rate_is_learned_from_history_and_robust_to_an_outlier() -> None:
     assert expected_seconds(GenerationParams(prompt="x"), rate, POLICY) == 13.0
 
 
-def test_the_first_poll_lands_at_the_expected_end_and_later_ones_are_short() -> None:
-    """Polls wait out the estimate, then come often, backing off slowly if the estimate was low."""
-    assert next_poll_delay(0.0, 19.0, POLICY) == 19.0
-    assert next_poll_delay(19.0, 19.0, POLICY) == POLICY.floor
-    assert POLICY.floor < next_poll_delay(29.0, 19.0, POLICY) <= POLICY.ceiling
+def test_the_first_poll_waits_for_the_window_where_the_job_may_end_and_later_ones_are_short() -> None:
+    """Polls wait until the job may end (the estimate less its spread), then come in short steps through the window
+    where it is likely to end, then back off slowly, up to a ceiling that scales with the job."""
+    assert next_poll_delay(0.0, 19.0, POLICY, spread=0.0) == 19.0
+    assert next_poll_delay(0.0, 20.0, POLICY, spread=0.25) == 15.0
+    assert next_poll_delay(16.0, 20.0, POLICY, spread=0.25) == 1.0  # 5% of the job, at most 1.5 s
+    assert next_poll_delay(210.0, 200.0 / 0.75, POLICY, spread=0.25) == POLICY.window_step_cap
+    assert POLICY.floor < next_poll_delay(35.0, 20.0, POLICY, spread=0.25) <= POLICY.ceiling
     assert next_poll_delay(500.0, 19.0, POLICY) == POLICY.ceiling
     assert next_poll_delay(0.0, 500.0, POLICY) == POLICY.first_poll_cap
 
 
-def test_a_typical_job_takes_few_polls_when_the_estimate_is_right() -> None:
-    """With an accurate estimate an 8 s / 25-step job needs only a handful of polls."""
+def test_a_typical_job_takes_few_polls_when_the_estimate_and_spread_are_right() -> None:
+    """With an accurate estimate and a steady service an 8 s / 25-step job needs only a handful of polls."""
     elapsed, polls, actual = 0.0, 0, 19.8
     while elapsed < actual:
-        elapsed += next_poll_delay(elapsed, 19.0, POLICY)
+        elapsed += next_poll_delay(elapsed, 19.0, POLICY, spread=0.05)
         polls += 1
     assert polls <= 4
+
+
+def test_while_nothing_is_learned_the_schedule_probes_early() -> None:
+    """A fresh install does not trust its prior (the service may be 4x faster): it polls at a quarter of the guess,
+    then every quarter, instead of once at the guessed end."""
+    assert next_poll_delay(0.0, 20.0, POLICY, learned=False) == 5.0
+    assert next_poll_delay(5.0, 20.0, POLICY, learned=False) == 5.0
+    assert next_poll_delay(10.0, 20.0, POLICY, learned=False) == 4.0  # up to the window's start (14 s)
+    assert next_poll_delay(14.0, 20.0, POLICY, learned=False) == next_poll_delay(14.0, 20.0, POLICY)
+
+
+def test_a_fixed_policy_polls_at_its_interval_whatever_happens() -> None:
+    """The benchmark's naive baselines: the same pause early, in the window and overdue."""
+    fixed = PollPolicy.fixed(5.0)
+    assert {next_poll_delay(t, 19.0, fixed, learned=False) for t in (0.0, 15.0, 100.0)} == {5.0}
+
+
+def test_one_finished_job_replaces_the_prior_and_a_few_teach_the_spread() -> None:
+    """A prior 4x off costs more than one job's jitter, so the first job already sets the rate; the spread of single
+    jobs around it is learned from five."""
+    one = learn([finished(19.0 / 4)], POLICY)  # a service 4x faster than the prior
+    assert (one.samples, one.spread) == (1, POLICY.prior_spread)
+    assert expected_seconds(GenerationParams(prompt="x"), one.rate, POLICY) == pytest.approx(19.0 / 4)
+    assert expected_seconds(GenerationParams(prompt="x", duration=30), one.rate, POLICY) == pytest.approx(63.0 / 4)
+    steady = learn([finished(13.0 + d) for d in (-0.2, -0.1, 0.0, 0.1, 0.2)], POLICY)
+    assert steady.samples == 5 and steady.spread < 0.1
 
 
 def test_scaling_a_policy_scales_every_duration() -> None:

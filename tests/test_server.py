@@ -261,7 +261,7 @@ async def test_concurrent_waiters_on_one_job_share_one_poller(client: Client, sa
     assert len(results) == 20
     assert all(r.structured_content and r.structured_content["status"] == "COMPLETED" for r in results)
     single = sandbox.stats().polls[rid]
-    assert single <= 6, single
+    assert single <= 12, single  # one poller's schedule (a fresh install probes early), not 20 pollers
     assert sandbox.stats().media_fetches[rid] == 1
 
 
