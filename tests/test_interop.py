@@ -4,8 +4,8 @@ Clients: the TypeScript SDK client (tests/node/interop.mjs; the base of Claude D
 FastMCP's Python client in both its modes ("auto" negotiates 2026-07-28 where it can, "legacy" does the initialize
 handshake), installed into a virtualenv of its own (its pins are not ours). Transports: stdio, SSE and streamable
 HTTP, the HTTP ones with the bearer token. Each client runs the same scenario: list the tools, generate a 30 s clip
-with progress, read every resource the result links to, render both prompts, cancel a call under way and see the
-server answer the next one.
+with progress, read every resource its result and a conversion's result link to, render both prompts, cancel a
+call under way and see the server answer the next one.
 """
 
 from __future__ import annotations
@@ -124,7 +124,9 @@ def test_a_client_we_did_not_write_does_everything(
     progress = report["progress"]
     assert progress, "no progress reached the client"
     assert all(later > earlier for earlier, later in itertools.pairwise(progress)), progress  # the spec: MUST increase
-    assert report["reads"], "the result linked nothing readable"
+    uris = [read["uri"] for read in report["reads"]]
+    preview, variant = f"audio://{job['request_id']}/preview.ogg", f"audio://{job['request_id']}/ogg-n16-loop.ogg"
+    assert uris == [preview, variant, preview], uris  # the 30 s WAV is too large to link; the OGG variant is not
     for read in report["reads"]:  # every link readable in one message, and exactly what it said
         assert (read["mime"], read["bytes"]) == (read["link_mime"], read["link_size"]), read
     assert report["prompts"] == {"sound_effect": 1, "ambience": 1}

@@ -45,8 +45,10 @@ async def scenario(mode: str, kind: str, target: list[str]) -> dict[str, Any]:
         result = await client.call_tool("generate_audio", LONG, progress_handler=on_progress)
         report["progress"] = progress
         report["job"] = result.structured_content
+        loop = {"request_id": report["job"]["request_id"], "format": "ogg", "normalize": True, "loop": True}
+        converted = await client.call_tool("download_audio", loop)
         report["reads"] = []
-        for block in result.content:
+        for block in [*result.content, *converted.content]:
             if block.type != "resource_link":
                 continue
             [content] = await client.read_resource(str(block.uri))

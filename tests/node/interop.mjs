@@ -44,8 +44,10 @@ const result = await client.request(
 );
 report.progress = progress;
 report.job = result.structuredContent;
+const loop = { request_id: report.job.request_id, format: "ogg", normalize: true, loop: true };
+const converted = await client.callTool({ name: "download_audio", arguments: loop });
 report.reads = [];
-for (const block of result.content.filter((b) => b.type === "resource_link")) {
+for (const block of [...result.content, ...converted.content].filter((b) => b.type === "resource_link")) {
   const read = await client.readResource({ uri: block.uri });
   const [content] = read.contents;
   report.reads.push({
