@@ -18,16 +18,24 @@ The steps always run in this order, each only when asked for:
    and start as context), so the seam stays clean.
 4. channels: mono by averaging the channels, stereo by duplicating a mono channel (or by duplicating the mono
    downmix of a source with more than two channels).
-5. normalize: gain to the integrated loudness target (ITU-R BS.1770 via pyloudnorm), then, when the true peak
-   (4x oversampled) would exceed the ceiling, less gain: the peak ceiling wins over the loudness target, and no
-   limiter or compressor ever changes the sound. Clips shorter than 0.4 s have no gated loudness: they are
+5. normalize: gain to the integrated loudness target (ITU-R BS.1770 via pyloudnorm), then a true-peak limiter
+   (4x oversampled peaks, 1.5 ms look-ahead, smooth gain) keeps peaks under the ceiling; a few rounds of gain
+   and limiting bring the loudness within 0.5 LU of the target. A limiter changes punchy sounds (the transient
+   is what it lowers), so it may take at most 12 dB off a peak: when the target needs more, the clip stays
+   quieter and the result says so (`loudness_note`). Clips shorter than 0.4 s have no gated loudness: they are
    peak-normalized to the ceiling instead.
 6. fade_ms: equal-power fade in and fade out, each at most half the clip. Fades are ignored for loops: a fade
    would put silence at the seam.
 
 Then the audio is encoded: WAV as 32-bit float (like MMAudio's own output), FLAC as 24-bit PCM (clipped to
 full scale), Ogg Vorbis at quality 0.6 and MP3 as LAME VBR V2. Ogg Vorbis is the format to choose for loops:
-its decoders are sample-accurate, whereas many MP3 players add a gap at the start of every repetition.
+its decoders are sample-accurate, whereas many MP3 players add a gap at the start of every repetition. Lossy
+codecs overshoot peaks, so a normalized ogg or mp3 is decoded again and, while its true peak is above the
+ceiling, limited with more headroom and encoded again: the promise holds for the file, not for the intent.
+
+A loop is shorter than the clip it is made from: the crossfade that hides the seam uses up to 1 s (at most a
+quarter of the clip) of its end, plus up to 25 ms for the phase match. The result's `loop_seconds` is the exact
+length of one repetition.
 
 numpy, soundfile, soxr and pyloudnorm (with scipy) are imported only inside the functions that use them: the
 server starts without them, and most calls never process audio.
@@ -203,6 +211,10 @@ class ProcessedAudio:
     """Sample peak in dBFS (-150 for digital silence)."""
     loop_seconds: float | None
     """The length of one repetition when the clip was made to loop."""
+    true_peak_db: float | None = None
+    """True (4x oversampled) peak of the decoded file in dBTP, when normalized."""
+    note: str | None = None
+    """What did not come out as asked, and why (a loudness target out of reach, a loop shorter than the clip)."""
 
 
 def process_file(source: Path, dest: Path, options: ProcessOptions) -> ProcessedAudio:
@@ -220,9 +232,60 @@ def process_file(source: Path, dest: Path, options: ProcessOptions) -> Processed
     data, rate = _read_audio(source)
     if options.is_identity:
         return _publish(dest, lambda part: shutil.copyfile(source, part), options)
-    data, rate = _render(data, rate, options)
-    _check_encodable(options.format, rate, data.shape[1])
-    return _publish(dest, lambda part: _encode(part, data, rate, options.format), options)
+    source_seconds = data.shape[0] / rate
+    rendered, new_rate = _render(data, rate, options)
+    _check_encodable(options.format, new_rate, rendered.shape[1])
+    facts = _publish(dest, lambda part: _encode_within(part, rendered, new_rate, options), options)
+    return replace(facts, note=_note(facts, options, source_seconds))
+
+
+_TRUE_PEAK_MARGIN_DB = 0.1
+"""Aim this far under the ceiling: true-peak meters differ by a few hundredths of a dB (oversampling filters)."""
+_LOSSY_HEADROOM_DB = 0.3
+"""First extra headroom for ogg and mp3, whose decoded peaks overshoot; more is taken while the file exceeds."""
+_ENCODE_ROUNDS = 5
+
+
+def _encode_within(part: Path, data: Audio, rate: int, options: ProcessOptions) -> None:
+    """Encode; when normalizing, decode the file again and, while its true peak is over the ceiling or its
+    loudness off the target (lossy codecs move both), limit and gain again and re-encode."""
+    _encode(part, data, rate, options.format)
+    if not options.normalize:
+        return
+    ceiling_db = options.true_peak_db - _TRUE_PEAK_MARGIN_DB
+    ceiling_db -= _LOSSY_HEADROOM_DB if options.format in ("ogg", "mp3") else 0.0
+    gain_db = 0.0
+    peak = _true_peak(data, rate)
+    most_gain_db = _gain_to_db(_db_to_gain(options.true_peak_db) / peak) + _MAX_LIMIT_DB if peak > 0 else 0.0
+    for _ in range(_ENCODE_ROUNDS):
+        decoded, decoded_rate = _read_audio(part)
+        over = _gain_to_db(_true_peak(decoded, decoded_rate)) - (options.true_peak_db - _TRUE_PEAK_MARGIN_DB / 2)
+        loudness = _integrated_loudness(decoded, decoded_rate)
+        off = options.target_lufs - loudness if loudness is not None and math.isfinite(loudness) else 0.0
+        if over <= 0.0 and (abs(off) <= _LOUDNESS_TOLERANCE_LU or (off > 0 and gain_db >= most_gain_db)):
+            return
+        if over > 0.0:
+            ceiling_db -= over + 0.05
+        gain_db = min(gain_db + off, most_gain_db)
+        _encode(part, _limit(data * _db_to_gain(gain_db), rate, _db_to_gain(ceiling_db)), rate, options.format)
+
+
+def _note(facts: ProcessedAudio, options: ProcessOptions, source_seconds: float) -> str | None:
+    """Say what did not come out as asked."""
+    notes: list[str] = []
+    if options.normalize and facts.loudness_lufs is not None and facts.loudness_lufs < options.target_lufs - 1.0:
+        notes.append(
+            f"Loudness {facts.loudness_lufs:.1f} LUFS, not {options.target_lufs:g}: reaching it would take more "
+            f"than {_MAX_LIMIT_DB:g} dB off the peaks (true peak kept at {options.true_peak_db:g} dBTP); "
+            "a lower target or a less punchy sound gets there."
+        )
+    if options.loop and facts.loop_seconds is not None:
+        short = source_seconds - facts.loop_seconds
+        notes.append(
+            f"The loop repeats every {facts.loop_seconds:.3f} s: {short:.3f} s of the {source_seconds:.3f} s clip "
+            "went into the crossfade that hides the seam."
+        )
+    return " ".join(notes) or None
 
 
 def _same_file(source: Path, dest: Path) -> bool:
@@ -265,7 +328,7 @@ def _render(data: Audio, rate: int, options: ProcessOptions) -> tuple[Audio, int
     if options.channels is not None:
         data = _set_channels(data, options.channels)
     if options.normalize:
-        data = _normalize(data, rate, options.target_lufs, options.true_peak_db)
+        data = _normalize(data, rate, options.target_lufs, options.true_peak_db - _TRUE_PEAK_MARGIN_DB)
     if options.fade_ms and not options.loop:
         data = _fade(data, rate, options.fade_ms)
     return data, rate
@@ -366,8 +429,16 @@ def _set_channels(data: Audio, channels: int) -> Audio:
     return mono if channels == 1 else np.repeat(mono, channels, axis=1)
 
 
+_MAX_LIMIT_DB = 12.0
+"""The most the limiter may take off a peak: beyond that a punchy sound loses its punch."""
+_LOUDNESS_ROUNDS = 6
+_LOUDNESS_TOLERANCE_LU = 0.5
+
+
 def _normalize(data: Audio, rate: int, target_lufs: float, ceiling_db: float) -> Audio:
-    """Gain to the loudness target, less when the true peak would pass the ceiling; peak-normalize short clips."""
+    """Gain to the loudness target with a true-peak limiter under the ceiling (a few rounds, as limiting lowers
+    the loudness); without the loudness in reach, as loud as the limiter's bound allows. Short clips are
+    peak-normalized to the ceiling."""
     if data.shape[1] > 5:
         raise InvalidArgumentError(
             f"loudness is measured for at most 5 channels and this audio has {data.shape[1]}; ask for channels=1 or 2"
@@ -375,13 +446,60 @@ def _normalize(data: Audio, rate: int, target_lufs: float, ceiling_db: float) ->
     peak = _true_peak(data, rate)
     if peak == 0.0:
         return data  # digital silence: no gain makes it louder
-    ceiling_gain = _db_to_gain(ceiling_db) / peak
+    ceiling = _db_to_gain(ceiling_db)
     loudness = _integrated_loudness(data, rate)
     if loudness is None:
-        return data * ceiling_gain
+        return data * (ceiling / peak)
     if not math.isfinite(loudness):
         return data  # every block under the -70 LUFS gate: too quiet to measure, and boosting it would boost noise
-    return data * min(_db_to_gain(target_lufs - loudness), ceiling_gain)
+    gain_db = target_lufs - loudness
+    result = data
+    for _ in range(_LOUDNESS_ROUNDS):
+        # Never more gain than lets the limiter stay within its bound on the loudest peak.
+        gain_db = min(gain_db, _gain_to_db(ceiling / peak) + _MAX_LIMIT_DB)
+        result = _limit(data * _db_to_gain(gain_db), rate, ceiling)
+        reached = _integrated_loudness(result, rate)
+        if reached is None or not math.isfinite(reached) or abs(target_lufs - reached) <= _LOUDNESS_TOLERANCE_LU:
+            break
+        step = target_lufs - reached
+        if step > 0 and gain_db >= _gain_to_db(ceiling / peak) + _MAX_LIMIT_DB - 1e-9:
+            break  # out of reach: the result says so
+        gain_db += step
+    return result
+
+
+_LIMIT_WINDOW_SECONDS = 0.002
+"""Half the limiter's window: its gain starts falling 2 ms before a peak and is back 2 ms after it."""
+
+
+def _limit(data: Audio, rate: int, ceiling: float) -> Audio:
+    """A true-peak limiter: a smooth gain that keeps every 4x-oversampled peak at or under `ceiling`.
+
+    The gain each sample needs is the ceiling over its true peak (at most 1). A minimum over a window centred on
+    each sample, then a moving average over the same window, ramps smoothly and never exceeds what any sample
+    needs: every value averaged for a sample is a minimum over a window that contains that sample."""
+    import numpy as np
+    from scipy.ndimage import (  # pyright: ignore[reportMissingTypeStubs, reportUnknownVariableType]
+        minimum_filter1d,  # pyright: ignore[reportUnknownVariableType]
+        uniform_filter1d,  # pyright: ignore[reportUnknownVariableType]
+    )
+
+    frames = data.shape[0]
+    oversampled = np.abs(_soxr(data, rate, rate * _TRUE_PEAK_OVERSAMPLING)).max(axis=1)
+    count = min(oversampled.shape[0] // _TRUE_PEAK_OVERSAMPLING, frames)
+    envelope = np.abs(data).max(axis=1)
+    grouped = oversampled[: count * _TRUE_PEAK_OVERSAMPLING].reshape(count, _TRUE_PEAK_OVERSAMPLING).max(axis=1)
+    envelope[:count] = np.maximum(envelope[:count], grouped)
+    # An inter-sample peak lies between two samples: both keep it under the ceiling.
+    envelope = np.maximum(envelope, np.concatenate((envelope[1:], envelope[-1:])))
+    envelope = np.maximum(envelope, np.concatenate((envelope[:1], envelope[:-1])))
+    if float(envelope.max()) <= ceiling:
+        return data
+    needed = np.minimum(1.0, ceiling / np.maximum(envelope, 1e-12))
+    width = 2 * max(1, round(_LIMIT_WINDOW_SECONDS * rate)) + 1
+    held = cast("NDArray[np.float64]", minimum_filter1d(needed, size=width, mode="nearest"))
+    smooth = cast("NDArray[np.float64]", uniform_filter1d(held, size=width, mode="nearest"))
+    return data * (np.minimum(smooth, needed) * 0.999)[:, np.newaxis]
 
 
 def _integrated_loudness(data: Audio, rate: int) -> float | None:
@@ -480,6 +598,7 @@ def _measure(path: Path, options: ProcessOptions) -> ProcessedAudio:
     if loudness is not None and not math.isfinite(loudness):
         loudness = None
     peak = float(np.max(np.abs(data)))
+    true_peak = round(_gain_to_db(_true_peak(data, rate)), 2) if options.normalize else None
     return ProcessedAudio(
         path=path,
         format=options.format,
@@ -489,6 +608,7 @@ def _measure(path: Path, options: ProcessOptions) -> ProcessedAudio:
         loudness_lufs=None if loudness is None else round(loudness, 2),
         peak_db=round(_gain_to_db(peak), 2),
         loop_seconds=duration if options.loop else None,
+        true_peak_db=true_peak,
     )
 
 

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Generator
 
     from mmaudio_mcp.jobs import JobService
-    from mmaudio_mcp.models import AudioJob
+    from mmaudio_mcp.models import AudioFile, AudioJob
     from mmaudio_mcp.settings import Settings
 
 LOCK_SUFFIX: Final = ".lock.json"
@@ -139,6 +139,8 @@ class Outcome:
     request_id: str | None = None
     error: str | None = None
     paid: bool = False
+    note: str | None = None
+    """What did not come out as declared (a loudness out of reach, a loop shorter than the clip)."""
 
 
 @dataclass
@@ -282,7 +284,8 @@ async def _carry_out(item: Plan, jobs: JobService, lock: Lock, wait_seconds: flo
         job = await jobs.check(request_id, wait_seconds=wait_seconds, progress=show)
         if job.file is None:
             return Outcome(item, None, request_id, _unfinished(job), paid)
-        saved = await _save(item, jobs, request_id)
+        file = await _save(item, jobs, request_id)
+        saved = Path(file.path)
         entry = Locked(
             request_id=request_id,
             generation=generation,
@@ -291,7 +294,7 @@ async def _carry_out(item: Plan, jobs: JobService, lock: Lock, wait_seconds: flo
             path=item.target.relative_to(lock.root).as_posix(),
         )
         await lock.record(item.name, entry)
-        return Outcome(item, saved, request_id, None, paid)
+        return Outcome(item, saved, request_id, None, paid, file.note)
     except MmaudioError as exc:
         return Outcome(item, None, request_id, exc.message, paid)
 
@@ -315,13 +318,13 @@ def _failed(status: str) -> bool:
     return status in ("FAILED", "ERROR", "REJECTED", "CANCELLED")
 
 
-async def _save(item: Plan, jobs: JobService, request_id: str) -> Path:
+async def _save(item: Plan, jobs: JobService, request_id: str) -> AudioFile:
     destination = resolve_destination(str(item.target.parent), [item.target.parent], item.target.parent)
     job = await jobs.download(
         request_id, filename=item.target.name, options=item.sound.options(), destination=destination, overwrite=True
     )
     assert job.file is not None
-    return Path(job.file.path)
+    return job.file
 
 
 def _unfinished(job: AudioJob) -> str:
@@ -378,7 +381,7 @@ def _print_outcomes(project: Project, outcomes: list[Outcome], as_json: bool) ->
     if as_json:
         rows = [
             {"name": o.plan.name, "action": o.plan.action, "path": _shown(project, o.plan.target),
-             "request_id": o.request_id, "paid": o.paid, "error": o.error}
+             "request_id": o.request_id, "paid": o.paid, "error": o.error, "note": o.note}
             for o in outcomes
         ]  # fmt: skip
         print(json.dumps({"paid": sum(o.paid for o in outcomes), "sounds": rows}, indent=2))
@@ -388,6 +391,8 @@ def _print_outcomes(project: Project, outcomes: list[Outcome], as_json: bool) ->
             print(f"{outcome.plan.name}: FAILED: {outcome.error}", file=sys.stderr)
         else:
             print(f"{outcome.plan.name}: {_WORDS[outcome.plan.action]} -> {_shown(project, outcome.plan.target)}")
+            if outcome.note:
+                print(f"{outcome.plan.name}: note: {outcome.note}", file=sys.stderr)
     paid = sum(o.paid for o in outcomes)
     failed = sum(bool(o.error) for o in outcomes)
     print(f"{paid} job(s) paid for, {failed} failed; lock file: {_shown(project, project.lock_file)}", file=sys.stderr)

@@ -272,6 +272,8 @@ def _report_job(job: AudioJob, args: argparse.Namespace) -> int:
         print(job.file.path)
     else:
         print(job.request_id)
+    if job.file is not None and job.file.note:
+        print(f"note: {job.file.note}", file=sys.stderr)
     if job.file is None:
         eta = f", about {job.eta_seconds:.0f} s left" if job.eta_seconds is not None else ""
         print(f"Not finished yet ({job.status.value}{eta}). {next_command(job, args)}".strip(), file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -343,7 +344,22 @@ def test_serve_over_http_says_where_it_listens_and_a_busy_port_is_one_line(tmp_p
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "MMAUDIO_STATE_DIR": str(tmp_path / "s")}
     with subprocess.Popen([*command, "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True) as process:
         assert process.stderr is not None
-        line = process.stderr.readline()
+        wanted = f"serving MCP (streamable-http) on http://127.0.0.1:{port}/mcp"
+        lines: list[str] = []
+        while not any(wanted in line for line in lines):
+            assert select.select([process.stderr], [], [], 30)[0], f"no such line within 30 s: {lines}"
+            lines.append(process.stderr.readline())
+            assert lines[-1], f"the server exited: {lines}"
         process.terminate()
         process.wait(timeout=30)
-    assert f"http://127.0.0.1:{port}/mcp" in line
+
+
+def test_a_loop_says_how_much_shorter_than_the_clip_it_came_out(tmp_path: Path) -> None:
+    """A 4 s clip made to loop repeats every ~3 s (the crossfade eats up to a quarter): the JSON has the exact
+    loop length and a note, and the terminal prints the note on stderr."""
+    done = run_cli(tmp_path, "generate", "rain", "--duration", "4", *SANDBOX, "--format", "ogg", "--loop", "--json")
+    assert done.returncode == 0, done.stderr
+    file = json.loads(done.stdout)["file"]
+    assert 2.9 < file["loop_seconds"] < 4.0
+    assert f"repeats every {file['loop_seconds']:.3f} s" in file["note"]
+    assert "note: The loop repeats every" in done.stderr
