@@ -9,8 +9,11 @@ the job runs, then asks download_audio for the file and prints its path on the l
 import os
 import sys
 
-import anyio
-from mcp import Client, StdioServerParameters
+try:
+    import anyio
+    from mcp import Client, StdioServerParameters
+except ModuleNotFoundError as missing:
+    sys.exit(f"agent.py needs {missing.name!r}, installed with mmaudio-mcp: run .venv/bin/python examples/agent.py")
 
 # The SDK starts the server with only HOME, PATH and a few like them: pass our settings on explicitly.
 SETTINGS = ("PIXAZO_API_KEY", "PIXAZO_GATEWAY_URL", "MMAUDIO_OUTPUT_DIR", "MMAUDIO_STATE_DIR")

@@ -261,3 +261,15 @@ def test_no_doc_or_config_relies_on_the_unpublished_pypi_package() -> None:
         for match in PYPI_FORMS.finditer(text):
             before = text[max(0, match.start() - 80) : match.start()].lower()
             assert "once published" in before, f"{document.name}: {text[match.start() - 40 : match.end() + 20]!r}"
+
+
+def test_the_agent_example_outside_the_virtualenv_says_how_to_run_it(tmp_path: Path) -> None:
+    """With a Python that lacks the MCP SDK (here: site-packages switched off), agent.py stops with one line naming
+    the missing package and the command to use, not a ModuleNotFoundError traceback."""
+    done = subprocess.run(
+        [sys.executable, "-S", str(EXAMPLES / "agent.py"), "a bell"],
+        capture_output=True, text=True, timeout=30, cwd=tmp_path, env={"PATH": os.environ.get("PATH", "")},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().endswith(".venv/bin/python examples/agent.py")
