@@ -1,4 +1,4 @@
-"""The MCP face of the job service: three thin tools, the audio resources, and one error translation."""
+"""The MCP face of the job service: three thin tools, the audio resources and the prompts (errors: wire_errors)."""
 
 from __future__ import annotations
 
