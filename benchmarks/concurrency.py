@@ -51,6 +51,7 @@ SAMPLE_INTERVAL: Final = 0.1
 WAIT_SECONDS: Final = 120.0
 JOB_MIX: Final = ((2, 10), (4, 10), (4, 25), (8, 25))  # 4.5, 6, 10.5 and 18 s at speed 1 (with the 1 s queue)
 QUICK_MIX: Final = ((2, 10),)
+BURST_JOB: Final = (4, 25)  # --burst: every job the same shape, fired together: they all complete in the same instant
 PROMPT: Final = "a bell"
 """The sandbox synthesizes each job's WAV on its event loop when first fetched; this prompt is its cheapest (~50 ms
 at any duration, against 70-180 ms for rain), so 200 fetches stall the sandbox as little as possible."""
@@ -224,7 +225,7 @@ async def run(args: argparse.Namespace, log: TextIO) -> dict[str, Any]:
     port = free_port()
     sandbox_argv = [sys.executable, "-m", "mmaudio_mcp", "sandbox", "--port", str(port), "--speed", str(args.speed)]
     server_argv = ["-m", "mmaudio_mcp"]
-    mix = QUICK_MIX if args.quick else JOB_MIX
+    mix = (BURST_JOB,) if args.burst else QUICK_MIX if args.quick else JOB_MIX
     jobs = [mix[index % len(mix)] for index in range(args.jobs)]
     with tempfile.TemporaryDirectory(prefix="bench-concurrency-") as tmp:
         (Path(tmp) / "home").mkdir()
@@ -370,7 +371,8 @@ def render(report: dict[str, Any]) -> str:
 async def amain(args: argparse.Namespace, log: TextIO) -> None:
     clock = Stopwatch()
     facts = print_header(
-        f"{args.jobs} generate_audio calls at once against one stdio server; sandbox speed {args.speed}; "
+        f"{args.jobs} generate_audio calls at once against one stdio server"
+        f"{' (burst: same shape, all complete together)' if args.burst else ''}; sandbox speed {args.speed}; "
         f"ping = tools/list (cache bypassed) every {PING_INTERVAL * 1000:.0f} ms, idle baseline {args.idle_seconds} s "
         f"first; /proc sampled every {SAMPLE_INTERVAL * 1000:.0f} ms. Child stderr goes to {args.log}.\n"
         "warm-up: one untimed generate_audio(wait_seconds=0) before the idle baseline (loads the client's jsonschema)."
@@ -397,6 +399,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 short jobs, 1 s idle baseline")
     parser.add_argument("--jobs", type=int, help="generate_audio calls in flight (default 200; --quick: 20)")
     parser.add_argument("--speed", type=float, default=1.0, help="sandbox speed (default 1.0: real time)")
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help=f"every job {BURST_JOB[0]} s / {BURST_JOB[1]} steps, so all complete together (the sandbox has no jitter)",
+    )
     parser.add_argument("--idle-seconds", type=float, help="idle baseline length (default 5; --quick: 1)")
     parser.add_argument("--timeout", type=float, default=150.0, help="hard limit for the server phase, seconds")
     parser.add_argument(

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HISTORY_SIZE: Final = 50
+REPLAN_CHANGE: Final = 0.1
+"""How much the learned speed must move before every poller recomputes its schedule."""
 DOWNLOAD_GRACE: Final = 3.0
 """How far past its wait a call may run to finish a download already under way (then it goes on in the background)."""
 
@@ -397,8 +399,8 @@ class JobService:
         self._learned = learn(await self._store.recent(HISTORY_SIZE), self._policy)
         self._rate = self._learned.rate
         self._rate_learned = True
-        if self._learned != before:
-            self._pollers.replan()
+        if before.samples == 0 or abs(self._learned.rate / before.rate - 1) > REPLAN_CHANGE:
+            self._pollers.replan()  # worth every poller's attention (not each small shift in a burst of completions)
 
     async def _learn_rate_once(self) -> None:
         if not self._rate_learned:
