@@ -235,7 +235,7 @@ async def _takeover(
                     wait = {"name": "check_status", "arguments": {"request_id": request_id, "wait_seconds": 60}}
                     waits[pid] = await session.send("tools/call", wait)
                 holder = await _holder_pid(state, request_id, set(sessions))
-                while not _in_flight(recorder, request_id, ready):  # noqa: ASYNC110 (watching a recorder)
+                while not _in_flight(recorder, request_id, ready, tmp_path / "out"):  # noqa: ASYNC110 (a recorder)
                     await anyio.sleep(0.02)
                 if graceful:
                     stdin = sessions[holder].process.stdin
@@ -252,10 +252,11 @@ async def _takeover(
     return Takeover(answer["result"]["structuredContent"], saved - killed_wall, answered, fetches)
 
 
-def _in_flight(recorder: Recorder, request_id: str, ready: str) -> bool:
+def _in_flight(recorder: Recorder, request_id: str, ready: str, out: Path) -> bool:
     if ready == "poll":
         return any(call.end is None for call in recorder.calls if call.path == STATUS_PREFIX + request_id)
-    return any(call.end is None and "/cdn/" in call.path for call in recorder.calls)
+    downloading = any(call.end is None and "/cdn/" in call.path for call in recorder.calls)
+    return downloading and any(out.glob(".*.part"))  # bytes are being written
 
 
 @pytest.mark.parametrize(("fault", "ready"), [(FaultKind.POLL_HANG, "poll"), (FaultKind.SLOW_MEDIA, "download")])
@@ -263,7 +264,8 @@ async def test_kill_9_of_the_lease_holder_is_taken_over_within_the_lease(
     tmp_path: Path, fault: FaultKind, ready: str
 ) -> None:
     """The holder dies mid-poll (its poll hangs) or mid-download (its media drips): the other server's waiter gets
-    the finished job, with its file, once the lease has run out (plus one poll and the download)."""
+    the finished job, with its file, once the lease has run out (plus one poll and the download). The temporary
+    file of the killed download is removed when a server next starts."""
     seen = await _takeover(tmp_path, fault, ready)
     print(
         f"\nkill -9 mid-{ready} (lease {LEASE_SECONDS:g} s): the survivor had the file {seen.finished:.2f} s after "
@@ -274,6 +276,16 @@ async def test_kill_9_of_the_lease_holder_is_taken_over_within_the_lease(
     assert seen.fetches == (2 if ready == "download" else 1), "only an interrupted download is fetched again"
     # Bounded by the lease, not by a 30 s HTTP timeout or the 60 s wait (a generous bound, not a benchmark).
     assert seen.finished < LEASE_SECONDS + 8
+    if ready == "download":  # the killed download's temporary file goes when the next server starts
+        out = tmp_path / "out"
+        assert list(out.glob(".*.part")), "kill -9 mid-download leaves a temporary file"
+        env = server_env(tmp_path, PIXAZO_API_KEY="unused")
+        async with await anyio.open_process([sys.executable, "-m", "mmaudio_mcp"], env=env) as restarted:
+            with anyio.fail_after(20):
+                await RawSession(restarted).handshake()
+                while list(out.glob(".*.part")):  # noqa: ASYNC110 (the clean-up runs in the background)
+                    await anyio.sleep(0.05)
+            restarted.terminate()
 
 
 async def test_a_holder_that_shuts_down_cleanly_hands_its_jobs_over_at_once(tmp_path: Path) -> None:
