@@ -89,9 +89,11 @@ from mmaudio_mcp.wire_errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Awaitable, Callable
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 
     import httpx2
+    from mcp.server.lowlevel.helper_types import ReadResourceContents
+    from pydantic import AnyUrl
 
     from mmaudio_mcp.schedule import PollPolicy
     from mmaudio_mcp.settings import Settings
@@ -216,6 +218,13 @@ class _Server(MCPServer[AppState]):
             prompt_error(f"Prompt {name!r} needs the argument(s) {', '.join(missing)}.")
         with prompt_errors():
             return await super().get_prompt(name, arguments, context)
+
+    async def read_resource(
+        self, uri: AnyUrl | str, context: Context[AppState, Any] | None = None
+    ) -> Iterable[ReadResourceContents] | InputRequiredResult:
+        """An unknown URI is "not found" in the code of the client's protocol version (the SDK: always -32602)."""
+        with resource_errors(str(uri), context.protocol_version if context is not None else None):
+            return await super().read_resource(uri, context)
 
 
 _LOG_LEVELS: Final = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Final, NoReturn
 
 from mcp import MCPError
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.types import INTERNAL_ERROR, INVALID_PARAMS
 from pydantic import ValidationError
 
@@ -54,11 +54,13 @@ def tool_errors(what: str = "") -> Generator[None]:
 @contextmanager
 def resource_errors(uri: str, protocol_version: str | None) -> Generator[None]:
     """Inside a resource read: our typed errors become the JSON-RPC error the version's spec names."""
+    code = INVALID_PARAMS if (protocol_version or "") >= _MODERN else RESOURCE_NOT_FOUND
     try:
         yield
     except (UnknownJobError, InvalidArgumentError, NotFoundError) as exc:
-        code = INVALID_PARAMS if (protocol_version or "") >= _MODERN else RESOURCE_NOT_FOUND
         raise MCPError(code=code, message=exc.message, data={"uri": uri}) from exc
+    except ResourceNotFoundError as exc:  # the SDK's: no resource or template matches the URI
+        raise MCPError(code=code, message=str(exc), data={"uri": uri}) from exc
     except MmaudioError as exc:
         raise MCPError(code=INTERNAL_ERROR, message=exc.message, data={"uri": uri}) from exc
     except ResourceError as exc:  # the SDK's own (e.g. the server is not running yet)

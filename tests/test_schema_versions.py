@@ -176,6 +176,7 @@ async def scripted_session(session: CheckedSession) -> dict[str, dict[str, Any]]
     for uri in sorted(uris):
         out[f"read {uri}"] = await session.request("resources/read", {"uri": uri})
     out["read_unknown"] = await session.request("resources/read", {"uri": "audio://nope"})
+    out["read_no_template"] = await session.request("resources/read", {"uri": "nothing://here"})
     return out
 
 
@@ -196,7 +197,8 @@ async def test_every_message_matches_the_negotiated_versions_schema(stdio_server
     listed = out["prompts/list"]["result"]["prompts"]
     assert all(argument.get("description") for prompt in listed for argument in prompt["arguments"])
     # A resource that is not there: -32002 up to 2025-11-25, -32602 from 2026-07-28.
-    assert out["read_unknown"]["error"]["code"] == (-32602 if version == MODERN else -32002)
+    for unknown in ("read_unknown", "read_no_template"):
+        assert out[unknown]["error"]["code"] == (-32602 if version == MODERN else -32002), out[unknown]
     logs = [m for m in session.seen if m.get("method") == "notifications/message"]
     if version != MODERN:  # log messages only with the capability declared, and setLevel honoured
         assert "logging" in out["initialize"]["result"]["capabilities"]
