@@ -26,6 +26,7 @@ never blocks on disk. Times in lease columns are Unix seconds (wall clock, share
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import hmac
@@ -411,9 +412,17 @@ def _merge_row(conn: sqlite3.Connection, record: JobRecord, fence: str | None) -
             )
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
     return merged
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Undo the open transaction, if SQLite has not already (it does on a full disk); the error that got us here
+    is the one to report."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 def _salt(conn: sqlite3.Connection) -> bytes:
@@ -463,8 +472,19 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
+
+
+def _folder_state(folder: Path) -> tuple[bool, bool]:
+    """Whether the folder is read-only (or not writable by us), and whether its disk is full; (False, False) if it
+    cannot be told (for example, the folder does not exist)."""
+    try:
+        disk = os.statvfs(folder)
+    except OSError:
+        return False, False
+    read_only = bool(disk.f_flag & os.ST_RDONLY) or not os.access(folder, os.W_OK)
+    return read_only, disk.f_bavail * disk.f_frsize < 64 * 1024
 
 
 def _store_error(path: Path, exc: sqlite3.Error | OSError) -> StoreError:
@@ -472,12 +492,17 @@ def _store_error(path: Path, exc: sqlite3.Error | OSError) -> StoreError:
     detail = str(exc) or type(exc).__name__
     text = detail.lower()
     recover = "jobs already submitted can be resumed with check_status(request_id=...), which asks Pixazo again"
-    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "full" in text:
+    read_only, full = _folder_state(path.parent)
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "full" in text or full:
         return StoreError(
             f"The job database {path} cannot be written: the disk is full. Free some space (or point "
             "MMAUDIO_STATE_DIR at another disk) and try again."
         )
-    if (isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)) or "readonly" in text:
+    if (
+        (isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM))
+        or "readonly" in text
+        or read_only
+    ):
         return StoreError(
             f"The job database {path} cannot be written ({detail}): its folder is read-only or not yours. Make "
             "it writable, or point MMAUDIO_STATE_DIR at a writable folder."

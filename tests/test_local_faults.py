@@ -13,6 +13,8 @@ import anyio
 import pytest
 from mcp import Client
 
+from mmaudio_mcp.errors import StoreError
+from mmaudio_mcp.models import GenerationParams, JobRecord, utc_now
 from mmaudio_mcp.server import build_server
 from mmaudio_mcp.store import SqliteJobStore
 from tests.conftest import POLICY
@@ -128,3 +130,38 @@ async def test_a_state_folder_deleted_while_serving_is_recreated_and_later_jobs_
     kept = [job.request_id for job in await store.recent()]
     await store.aclose()
     assert kept == [second.structured_content["request_id"]]
+
+
+@pytest.mark.parametrize(
+    ("mount", "words"),
+    [
+        (("-t", "tmpfs", "-o", "size=4k", "tmpfs"), "the disk is full"),
+        (("-t", "tmpfs", "-o", "ro", "tmpfs"), "its folder is read-only or not yours"),
+    ],
+    ids=["full", "read-only"],
+)
+async def test_a_state_folder_that_cannot_be_written_is_named(
+    tmp_path: Path, mount: tuple[str, ...], words: str
+) -> None:
+    """The job database on a full or read-only disk: the error names the file, the cause and MMAUDIO_STATE_DIR."""
+    state = tmp_path / "state"
+    state.mkdir()
+    if not _run("mount", *mount, str(state)):
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        store = SqliteJobStore.in_folder(state)
+        with pytest.raises(StoreError) as caught:
+            for n in range(200):  # a few rows fit in 4 KiB: write until the disk is full
+                await store.save(_job(n))
+        await store.aclose()
+    finally:
+        _run("umount", str(state))
+    message = caught.value.message
+    assert str(state / "jobs.sqlite3") in message
+    assert words in message
+    assert "MMAUDIO_STATE_DIR" in message
+
+
+def _job(n: int) -> JobRecord:
+    now = utc_now()
+    return JobRecord(local_id=f"local-{n}", params=GenerationParams(prompt="x" * 1000), created_at=now, updated_at=now)
