@@ -105,6 +105,12 @@ class Scenario:
     speed_factor: float  # the sandbox's jobs take this many times as long as at speed 1 (the prior's world)
     batch: bool  # all measured jobs submitted at once (else `parallel` calls in flight)
 
+    def scale(self, base: float) -> float:
+        """The time scale of the prior's world for this scenario: never compressed more than `base` on the sandbox
+        (a 4x faster upstream at s=0.05 would run jobs at 1/80 of real time, and the server's own per-job work,
+        not the polling, would dominate the lags)."""
+        return base / min(self.speed_factor, 1.0)
+
 
 SCENARIOS: Final = {
     "matched": Scenario("matched", 1.0, batch=False),
@@ -287,7 +293,7 @@ class _Gateway:
 @asynccontextmanager
 async def _gateway(mode: Mode, args: argparse.Namespace, portal: BlockingPortal) -> AsyncGenerator[_Gateway]:
     """A fresh sandbox for one mode: in a child process (default) or on a thread of this process."""
-    scale: float = args.scale * args.scenario.speed_factor
+    scale: float = args.scenario.scale(args.scale) * args.scenario.speed_factor
     tick = max(SANDBOX_TICK * scale, 0.001) if mode.webhook else None
     if args.sandbox == "process":
         port = free_port()
@@ -340,7 +346,7 @@ async def run_mode(
                     outcomes = await drive(client, mix, len(mix) if args.scenario.batch else args.parallel)
                     wall = clock.seconds()
             jobs = await gateway.jobs()
-        learned = await _learned_rate(settings.state_dir, mode.policy, args.scale)
+        learned = await _learned_rate(settings.state_dir, mode.policy, args.scenario.scale(args.scale))
     errors = [error for _, error in outcomes if error]
     measured = {request_id for request_id, _ in outcomes if request_id} - warm_ids
     result = ModeResult(
@@ -354,7 +360,7 @@ async def run_mode(
         learned_rate=learned if mode.policy.adaptive else None,
         errors=errors[:5],
     )
-    _collect(result, jobs, measured, args.scale)
+    _collect(result, jobs, measured, args.scenario.scale(args.scale))
     return result
 
 
@@ -398,7 +404,9 @@ def render(results: list[ModeResult]) -> str:
 async def amain(args: argparse.Namespace) -> None:
     clock = Stopwatch()
     facts = print_header(
-        f"scale s={args.scale} (sandbox speed s, policies scaled by s; lags below are real-time seconds = measured/s), "
+        f"scale s={args.scale} (sandbox speed s, policies scaled by s; lags below are real-time seconds = measured/s; "
+        "a faster-than-prior scenario runs its prior's world at s / speed factor, so the sandbox is never faster "
+        "than s), "
         f"jitter {JITTER}, seed {args.seed}, {args.jobs} measured jobs per mode "
         f"(durations {args.durations} x steps {args.steps}, cycled, shuffled), {args.parallel} calls in flight, "
         f"sandbox in a {'child process' if args.sandbox == 'process' else 'thread of this process'}.\n"
@@ -417,11 +425,11 @@ async def amain(args: argparse.Namespace) -> None:
         + "; each (prompt, duration) WAV is synthesized once, up front"
     )
     mix = job_mix(args.jobs, args.seed, args.durations, args.steps)
-    chosen = [mode for mode in modes(args.scale) if mode.name in args.modes]
     results: list[ModeResult] = []
     with start_blocking_portal(name="sandbox") as portal:
         for scenario_name in args.scenarios:
             args.scenario = SCENARIOS[scenario_name]
+            chosen = [mode for mode in modes(args.scenario.scale(args.scale)) if mode.name in args.modes]
             for mode in chosen:
                 result = await run_mode(mode, mix, args, portal)
                 print(

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
     from mmaudio_mcp.models import GenerationParams, JobRecord
 
+MIN_SPREAD: Final = 0.1
 MIN_SPREAD_HISTORY: Final = 5
 """Finished jobs needed before their spread replaces the prior's (one job already replaces the prior's rate)."""
 
@@ -81,8 +82,8 @@ def learn(history: Iterable[JobRecord], policy: PollPolicy) -> Learned:
     factor = statistics.median(ratios)
     spread = policy.prior_spread
     if len(ratios) >= MIN_SPREAD_HISTORY:
-        low, high = ratios[len(ratios) // 10], ratios[-1 - len(ratios) // 10]
-        spread = min(max(1 - low / factor, high / factor - 1, 0.05), 0.5)
+        # The widest stray seen, not a percentile: a window too narrow is paid in lag, one too wide only in polls.
+        spread = min(max(1 - ratios[0] / factor, ratios[-1] / factor - 1, MIN_SPREAD), 0.5)
     return Learned(factor * policy.prior_seconds_per_unit, spread, len(ratios))
 
 
@@ -125,7 +126,7 @@ def next_poll_delay(
         return step
     overdue = elapsed - late
     ceiling = max(policy.ceiling, 0.1 * expected)
-    return min(max(step, policy.floor + 0.2 * overdue), ceiling)
+    return min(step + 0.1 * overdue, ceiling)
 
 
 def fallback_poll_delay(elapsed: float, expected: float, policy: PollPolicy) -> float:

@@ -84,7 +84,7 @@ def test_one_finished_job_replaces_the_prior_and_a_few_teach_the_spread() -> Non
     assert expected_seconds(GenerationParams(prompt="x"), one.rate, POLICY) == pytest.approx(19.0 / 4)
     assert expected_seconds(GenerationParams(prompt="x", duration=30), one.rate, POLICY) == pytest.approx(63.0 / 4)
     steady = learn([finished(13.0 + d) for d in (-0.2, -0.1, 0.0, 0.1, 0.2)], POLICY)
-    assert steady.samples == 5 and steady.spread < 0.1
+    assert steady.samples == 5 and steady.spread < POLICY.prior_spread
 
 
 def test_scaling_a_policy_scales_every_duration() -> None:
