@@ -204,6 +204,13 @@ def _add_serve(serve: argparse.ArgumentParser) -> None:
         help="serve HTTP on a non-loopback address without MMAUDIO_HTTP_TOKEN (only behind an authenticating proxy)",
     )
     serve.add_argument("--wait-seconds", type=float, help="default wait inside one tool call (MMAUDIO_WAIT_SECONDS)")
+    serve.add_argument(
+        "--stateless",
+        action="store_true",
+        default=None,
+        help="streamable HTTP without sessions, for replicas behind a load balancer (MMAUDIO_STATELESS; automatic "
+        "with MMAUDIO_DATABASE_URL)",
+    )
     _add_common(serve)
 
 
@@ -273,7 +280,14 @@ async def _serve(args: argparse.Namespace) -> None:
     from mmaudio_mcp.terminal import gateway
     from mmaudio_mcp.transport import Exposure, Transport, serve
 
-    settings = _settings(args, wait_seconds=args.wait_seconds, transport=args.transport, host=args.host, port=args.port)
+    settings = _settings(
+        args,
+        wait_seconds=args.wait_seconds,
+        transport=args.transport,
+        host=args.host,
+        port=args.port,
+        stateless=args.stateless,
+    )
     exposure = Exposure(
         host=settings.host,
         port=settings.port,
@@ -281,6 +295,7 @@ async def _serve(args: argparse.Namespace) -> None:
         allow_unauthenticated=args.allow_unauthenticated,
         public_url=settings.public_url,
         allowed_hosts=tuple(settings.allowed_hosts),
+        stateless=settings.stateless_http,
     )
     transport = Transport(settings.transport)
     if transport is not Transport.STDIO:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from mmaudio_mcp.store import JobStore
 
     ProgressCallback = Callable[[float, float | None, str], Awaitable[None]]
+    Listen = Callable[[Callable[[str], None]], Awaitable[None]]
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,20 @@ class JobService:
         await self._downloads.__aenter__()
         await self._pollers.__aenter__()
         self._leases.start_soon(self._files.clean_leftovers, name="clean leftovers")
+        if (listen := getattr(self._store, "listen", None)) is not None:
+            self._leases.start_soon(lambda: self._follow_changes(listen), name="job change wake-ups")
         return self
+
+    async def _follow_changes(self, listen: Listen) -> None:
+        """Wake this process's followers the moment another replica writes a job's row (PostgreSQL NOTIFY)."""
+        try:
+            await listen(self._changed_elsewhere)
+        except MmaudioError as exc:  # a StoreError: the followers still re-read every tick
+            logger.warning("no wake-ups from other replicas: %s", exc.message)
+
+    def _changed_elsewhere(self, request_id: str) -> None:
+        if not self._leases.holds(request_id):  # our own poller's writes need no wake-up (it would poll again)
+            self._pollers.nudge(request_id)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -467,12 +481,20 @@ async def open_job_service(
     webhook_base: str | None = None,
     limits: Limits | None = None,
     lease_seconds: float | None = None,
+    database_url: str | None = None,
 ) -> AsyncGenerator[JobService]:
     """Assemble the Pixazo client, the store and the service, and close them in order afterwards. The HTTP client
-    and the database open on first use: a host that only lists tools pays for neither."""
+    and the database open on first use: a host that only lists tools pays for neither. With `database_url`
+    (MMAUDIO_DATABASE_URL), jobs live in that PostgreSQL database, shared by every replica."""
     limits = limits or Limits()
     client = PixazoClient(None, api_key, gateway_url, transport=http_transport, timeout=limits.http_timeout)
-    store = SqliteJobStore.in_folder(state_dir)
+    store: JobStore
+    if database_url:
+        from mmaudio_mcp.pgstore import PostgresJobStore  # replicas only: stdio never loads the driver
+
+        store = PostgresJobStore(database_url)
+    else:
+        store = SqliteJobStore.in_folder(state_dir)
     try:
         service = JobService(
             client,

@@ -150,6 +150,13 @@ class Pollers:
             watch.replanned = True
             watch.wake.set()
 
+    def nudge(self, request_id: str) -> None:
+        """Another process changed this job's row (PostgreSQL NOTIFY): its follower here re-reads it now instead
+        of at its next tick. Nothing starts if nobody here waits on it."""
+        watch = self._watches.get(request_id)
+        if watch is not None:
+            watch.wake.set()
+
     def wake(self, record: JobRecord) -> None:
         """Poll this job now (a webhook said it changed): through its poller, or once in the background."""
         assert record.request_id is not None

@@ -152,6 +152,7 @@ def build_server(
             policy=policy,
             limits=limits,
             webhook_base=settings.public_url if settings.transport != "stdio" else None,
+            database_url=settings.database_url.get_secret_value() if settings.database_url else None,
         ) as jobs:
             live.state = AppState(jobs=jobs)
             try:

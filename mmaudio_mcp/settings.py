@@ -62,7 +62,23 @@ class Settings(BaseSettings):
         description="Where Pixazo can reach this server over HTTP(S); enables webhooks instead of frequent polls.",
     )
 
-    @field_validator("api_key", "http_token", "public_url", mode="before")
+    database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MMAUDIO_DATABASE_URL", "database_url"),
+        description="postgresql://... : keep jobs in PostgreSQL, shared by replicas (needs the [postgres] extra).",
+    )
+    stateless: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("MMAUDIO_STATELESS", "stateless"),
+        description="Serve streamable HTTP without per-process sessions (replicas behind a load balancer).",
+    )
+
+    @property
+    def stateless_http(self) -> bool:
+        """Whether streamable HTTP runs without sessions: asked for, or implied by a shared database (replicas)."""
+        return self.stateless or self.database_url is not None
+
+    @field_validator("api_key", "http_token", "public_url", "database_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

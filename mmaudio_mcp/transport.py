@@ -52,6 +52,8 @@ class Exposure:
     allow_unauthenticated: bool = False
     public_url: str | None = None
     allowed_hosts: tuple[str, ...] = ()
+    stateless: bool = False
+    """Streamable HTTP without sessions, so any replica behind a load balancer answers any request."""
 
     def check(self) -> None:
         """Refuse to serve paid generation to the network without a token, unless explicitly allowed."""
@@ -89,7 +91,9 @@ def http_app(server: MCPServer[Any], transport: Transport, exposure: Exposure | 
         app = _with_server_lifespan(server.sse_app(host=exposure.host, transport_security=security), server)
     else:
         # Default (SSE-capable) responses: JSON-only mode would drop progress notifications and cancellation.
-        app = server.streamable_http_app(host=exposure.host, transport_security=security)
+        app = server.streamable_http_app(
+            host=exposure.host, transport_security=security, stateless_http=exposure.stateless
+        )
     return BearerAuth(app, exposure.token) if exposure.token else app
 
 
@@ -157,6 +161,11 @@ async def serve(
         return
     exposure = exposure or Exposure()
     exposure.check()
+    if exposure.stateless and transport is Transport.SSE:
+        raise ConfigurationError(
+            "SSE keeps each client's session in one process, so it cannot run stateless (as replicas must); use "
+            "--transport streamable-http."
+        )
     await serve_asgi(http_app(server, transport, exposure), host=exposure.host, port=exposure.port)
 
 
