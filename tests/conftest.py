@@ -34,6 +34,15 @@ E2E_TESTS = {
     "test_each_stdio_entry_starts_the_server_with_its_env_and_lists_the_tools",
     "test_a_save_that_fails_after_payment_prints_the_request_id_and_the_wav",
     "test_a_flood_of_500_tool_lists_from_one_sdk_client_is_all_answered",
+    "test_a_flood_of_500_raw_tool_calls_on_one_session_is_all_answered",
+    "test_no_message_of_a_30_s_job_exceeds_1_mib",
+    "test_a_dripping_download_never_holds_a_call_past_its_wait",
+    "test_a_wait_that_ends_on_a_failed_poll_says_what_failed",
+    "test_the_command_dry_runs_then_syncs_then_pays_nothing",
+    "test_an_unfinished_job_says_the_command_to_run_and_status_finds_it_by_prefix_after_exit",
+    "test_generate_saves_a_processed_file_into_the_project",
+    "test_a_loop_says_how_much_shorter_than_the_clip_it_came_out",
+    "test_serve_over_http_says_where_it_listens_and_a_busy_port_is_one_line",
 }
 """Single slow end-to-end tests in otherwise fast modules."""
 E2E_TIMEOUT = 300
