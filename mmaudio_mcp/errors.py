@@ -21,7 +21,8 @@ The hierarchy:
     ├── MediaError                    the audio could not be fetched or is not a usable WAV
     │   ├── MediaTooLargeError        larger than the download cap
     │   └── InvalidAudioError         not a WAV, truncated, or an unsupported encoding
-    └── NotSavedError                 a paid job's audio is on disk, but the copy asked for could not be made
+    ├── NotSavedError                 a paid job's audio is on disk, but the copy asked for could not be made
+    └── SpendingCapError              the spending guard refused a submit (the key's cap per window is reached)
 """
 
 from __future__ import annotations
@@ -189,6 +190,12 @@ class LocalStorageError(MmaudioError):
     kind = "local_storage"
 
 
+class SpendingCapError(MmaudioError):
+    """The spending guard refused a submit: the key already paid for its cap of jobs in the rolling window."""
+
+    kind = "spending_cap"
+
+
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
@@ -206,6 +213,7 @@ __all__ = [
     "NetworkError",
     "NotSavedError",
     "RateLimitedError",
+    "SpendingCapError",
     "StoreError",
     "SubmissionUncertainError",
     "UnknownJobError",

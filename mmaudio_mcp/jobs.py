@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Self
@@ -24,12 +25,14 @@ from mmaudio_mcp.errors import (
     JobFailedError,
     JobNotReadyError,
     MmaudioError,
+    SpendingCapError,
     SubmissionUncertainError,
     UnknownJobError,
     UpstreamUnavailableError,
     unknown_job,
 )
 from mmaudio_mcp.files import BackgroundDownloads, JobFiles, Limits, record_error
+from mmaudio_mcp.ledger import RUNNING_GRACE, Ledger, SpendCap, Spent, fingerprint
 from mmaudio_mcp.models import AudioJob, JobError, JobRecord, JobStatus, NextStep, is_valid_request_id, utc_now
 from mmaudio_mcp.pixazo import PixazoClient
 from mmaudio_mcp.polling import Pollers, elapsed_seconds
@@ -71,6 +74,17 @@ class Caller:
 
 
 SERVER: Final = Caller()
+_NOT_JOINED: Final = (JobStatus.FAILED, JobStatus.ERROR, JobStatus.REJECTED)
+"""A re-issued call never joins a job that ended like this: the user still wants audio, so it is a new take."""
+
+
+@dataclass
+class Attempt:
+    """One generate call, as the ledger tracks it: `joins` is the job of an identical earlier call whose result
+    never reached its caller, which this call takes over instead of paying again."""
+
+    call_id: str
+    joins: str | None = None
 
 
 class JobService:
@@ -86,11 +100,17 @@ class JobService:
         policy: PollPolicy | None = None,
         webhook_base: str | None = None,
         lease_seconds: float | None = None,
+        ledger: Ledger | None = None,
+        spend_cap: SpendCap | None = None,
     ) -> None:
         """`lease_seconds`: how long a job's lease lasts without renewal (MMAUDIO_LEASE_SECONDS, else 20 s); a
-        process that dies holding one is taken over that much later."""
+        process that dies holding one is taken over that much later. `ledger` records calls and paid submits (by
+        default beside a SQLite store's jobs); `spend_cap` is the spending guard (default: from the environment)."""
         self._client = client
         self._store = store
+        self._own_ledger = ledger is None and isinstance(store, SqliteJobStore)
+        self._ledger = Ledger(store.path) if ledger is None and isinstance(store, SqliteJobStore) else ledger
+        self.spend_cap = spend_cap or SpendCap.from_env()
         self._output_dir = output_dir
         self._leases = Leases(store, lease_seconds)
         self._files = JobFiles(client, store, output_dir, limits or Limits(), self._refresh, leases=self._leases)
@@ -141,7 +161,12 @@ class JobService:
             try:
                 await self._downloads.__aexit__(exc_type, exc, tb)
             finally:
-                await self._leases.__aexit__(exc_type, exc, tb)
+                try:
+                    await self._leases.__aexit__(exc_type, exc, tb)
+                finally:
+                    if self._own_ledger and self._ledger is not None:
+                        with anyio.CancelScope(shield=True):
+                            await self._ledger.aclose()
 
     # --- the three operations ---------------------------------------------------------------------------------------
 
@@ -162,16 +187,71 @@ class JobService:
         wait_seconds: float,
         progress: ProgressCallback | None = None,
         caller: Caller = SERVER,
+        attempt: Attempt | None = None,
     ) -> AudioJob:
-        """Submit one job, record it, then wait up to wait_seconds for the audio."""
+        """Submit one job, record it, then wait up to wait_seconds for the audio. Within an `attempt` that joins an
+        earlier call's job, nothing is submitted: that job is waited for instead (and the result says so)."""
         self._client.require_key(caller.api_key)
         await self._learn_rate_once()
-        record = await self._submit(params, caller)
-        if wait_seconds > 0:
+        joined = await self._store.get(attempt.joins) if attempt is not None and attempt.joins else None
+        if joined is not None:
+            record = joined
+        else:
+            record = await self._submit(params, caller)
+            if attempt is not None and self._ledger is not None and record.request_id is not None:
+                with anyio.CancelScope(shield=True):  # no checkpoint since the shielded save: this always runs
+                    await self._ledger.bind(attempt.call_id, record.request_id)
+        if wait_seconds > 0 and not record.status.is_terminal:
             deadline = anyio.current_time() + wait_seconds
             record = await self._pollers.wait(record, wait_seconds, progress)
             record = await self._finish(record, deadline)
-        return self.view(record)
+        elif wait_seconds > 0:
+            record = await self._finish(record, anyio.current_time() + wait_seconds)
+        job = self.view(record)
+        return job.model_copy(update={"reattached": True}) if joined is not None else job
+
+    @asynccontextmanager
+    async def attempt(
+        self, params: GenerationParams, caller: Caller = SERVER, extra: str | None = None
+    ) -> AsyncGenerator[Attempt]:
+        """Track one generate call (pass the Attempt to `generate`): if an identical call (same key, parameters and
+        `extra`, e.g. the folder) ended within the last few minutes without its caller receiving a result, this one
+        joins that call's job instead of paying again. The call counts as answered when the block ends normally or
+        with an error (the caller hears of both); cancelled, it is left for the same call made again."""
+        if self._ledger is None:
+            yield Attempt(uuid4().hex)
+            return
+        key = fingerprint(params, caller.owner, extra)
+        joins = None
+        until = anyio.current_time() + RUNNING_GRACE
+        while joins is None:
+            found, running = await self._ledger.abandoned(key)
+            for request_id in found:
+                record = await self._store.get(request_id)
+                if record is not None and record.owner == caller.owner and record.status not in _NOT_JOINED:
+                    joins = request_id
+                    break
+            if joins is not None or not running or anyio.current_time() > until:
+                break
+            await anyio.sleep(0.05)  # an identical call is still running: it may be ending (a re-issue follows it)
+        attempt = Attempt(uuid4().hex, joins)
+        await self._ledger.begin(attempt.call_id, key, self._leases.holder, joins)
+        answered = False
+        try:
+            yield attempt
+            answered = True
+        except Exception:
+            answered = True  # the caller gets the error as its result
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._ledger.end(attempt.call_id, answered=answered)
+
+    async def spent(self, caller: Caller = SERVER) -> Spent:
+        """The caller's paid submits in the spending guard's current window."""
+        if self._ledger is None:
+            return Spent(0, None)
+        return await self._ledger.spent(caller.owner, self.spend_cap)
 
     async def check(
         self,
@@ -297,6 +377,10 @@ class JobService:
             webhook_token=token,
             owner=caller.owner,
         )
+        if self._ledger is not None:
+            spent = await self._ledger.reserve(caller.owner, record.local_id, self.spend_cap)
+            if spent is not None:
+                raise _over_cap(spent, self.spend_cap)
         await self._store.save(record)
         webhook_url = f"{self._webhook_base}/webhooks/{token}" if token else None
         try:
@@ -306,6 +390,8 @@ class JobService:
             raise
         except MmaudioError as exc:
             await self._store.save(record_error(record, exc).model_copy(update={"status": JobStatus.REJECTED}))
+            if self._ledger is not None:
+                await self._ledger.refund(record.local_id)  # refused: nothing was billed
             raise
         now = utc_now()
         record = record.model_copy(
@@ -440,6 +526,17 @@ def _run_seconds(record: JobRecord, reply: StatusReply, heard: datetime) -> floa
     return (low + high) / 2 if low > 0 else high
 
 
+def _over_cap(spent: Spent, cap: SpendCap) -> SpendingCapError:
+    minutes = max((spent.frees_at or time.time()) - time.time(), 0) / 60
+    frees = f" The next place frees in about {max(minutes, 1):.0f} min." if spent.frees_at else ""
+    return SpendingCapError(
+        f"Spending guard: {spent.count} jobs were already paid with this key in the last {cap.window_minutes:g} "
+        f"minutes (the cap is {cap.jobs}), so this one was not submitted.{frees} To allow more, raise "
+        "MMAUDIO_SPEND_CAP (jobs per window) or lower MMAUDIO_SPEND_WINDOW_MINUTES in the server's environment and "
+        "restart it; MMAUDIO_SPEND_CAP=0 turns the guard off."
+    )
+
+
 def _failure(reply: StatusReply) -> JobError:
     detail = (reply.error or "no reason given").strip()[:300]
     if reply.status is JobStatus.ERROR:
@@ -481,6 +578,7 @@ async def open_job_service(
     webhook_base: str | None = None,
     limits: Limits | None = None,
     lease_seconds: float | None = None,
+    spend_cap: SpendCap | None = None,
     database_url: str | None = None,
 ) -> AsyncGenerator[JobService]:
     """Assemble the Pixazo client, the store and the service, and close them in order afterwards. The HTTP client
@@ -504,6 +602,7 @@ async def open_job_service(
             policy=policy,
             webhook_base=webhook_base,
             lease_seconds=lease_seconds,
+            spend_cap=spend_cap,
         )
         async with service:
             yield service
@@ -513,4 +612,4 @@ async def open_job_service(
             await client.aclose()
 
 
-__all__ = ["SERVER", "Caller", "JobService", "Limits", "open_job_service"]
+__all__ = ["SERVER", "Attempt", "Caller", "JobService", "Limits", "open_job_service"]

@@ -305,6 +305,11 @@ class AudioJob(BaseModel):
     downloading: bool = Field(
         default=False, description="The audio is being downloaded in the background; ask again in a few seconds."
     )
+    reattached: bool = Field(
+        default=False,
+        description="This call joined the job an identical earlier call started, whose result never reached you "
+        "(it was cancelled or its connection closed): nothing was paid again.",
+    )
 
 
 # --- Pixazo's wire format -------------------------------------------------------------------------------------------

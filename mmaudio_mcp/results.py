@@ -135,6 +135,12 @@ def tool_result(job: AudioJob, *, file_uri: str | None = None, preview_bytes: in
         reason = job.error.message if job.error else "no reason given"
         raise ToolError(f"Job {job.request_id} ended {job.status.value}: {reason}")
     content: list[ContentBlock] = [TextContent(type="text", text=summary(job))]
+    if job.reattached:
+        note = (
+            f"This call joined job {job.request_id}, which an identical earlier call started and whose answer never "
+            "reached you (it was cancelled or its connection closed): nothing was paid again."
+        )
+        content.insert(0, TextContent(type="text", text=note))
     if job.file is not None:
         name = job.file.path.rsplit("/", 1)[-1]
         if job.file.bytes <= LINKABLE_BYTES:

@@ -259,8 +259,8 @@ def _tools(default_wait: float, levels: WeakKeyDictionary[Any, str], previews: P
     ) -> Annotated[CallToolResult, AudioJob]:
         """Generate a sound effect, ambience or music clip from text (MMAudio v2) as a WAV file.
 
-        Each call is a new paid job (10-90 s, no seed). If not done within wait_seconds, call check_status with
-        the returned request_id; never generate again for it.
+        Each call is a new paid job (10-90 s, no seed); repeating a call whose answer never came joins its job. If
+        not done within wait_seconds, call check_status with the returned request_id; never generate again for it.
         """
         with tool_errors("Invalid request"):
             params = GenerationParams(
@@ -274,11 +274,16 @@ def _tools(default_wait: float, levels: WeakKeyDictionary[Any, str], previews: P
             jobs, caller = await _jobs_for(ctx)
             destination = await _destination(ctx, jobs, folder)
             report = _progress(ctx, levels)
-            job = await jobs.generate(params, wait_seconds=wait_seconds, progress=report, caller=caller)
-            if destination is not None and job.file is not None:
-                job = await jobs.download(job.request_id, caller=caller, destination=destination)
-            preview = await preview_size(job.file, job.request_id, previews)
-            return await with_player(tool_result(job, preview_bytes=preview), job)
+            # A call whose predecessor never got its result (cancelled, stream closed) joins that job: no new payment.
+            async with jobs.attempt(params, caller, folder) as attempt:
+                job = await jobs.generate(
+                    params, wait_seconds=wait_seconds, progress=report, caller=caller, attempt=attempt
+                )
+                if destination is not None and job.file is not None:
+                    placed = await jobs.download(job.request_id, caller=caller, destination=destination)
+                    job = placed.model_copy(update={"reattached": job.reattached})
+                preview = await preview_size(job.file, job.request_id, previews)
+                return await with_player(tool_result(job, preview_bytes=preview), job)
 
     async def check_status(
         ctx: Context[AppState],

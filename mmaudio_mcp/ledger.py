@@ -1,0 +1,301 @@
+"""What paid calls did, shared by every process on one state folder: re-issued calls and the spending guard.
+
+Two tables beside the job rows, in the same `jobs.sqlite3` (created on first use; they do not touch the job schema):
+
+- `calls`: one row per `generate_audio` call, keyed by a fingerprint of who asked for what. A call that ends without
+  its caller receiving a result (cancelled, its stream closed, its process gone) is `abandoned`; an identical call
+  within `REATTACH_SECONDS` joins that call's job instead of paying for another. A call whose result was sent is
+  `answered`, so the same call made again is a new take.
+- `spend`: one row per paid submit (per key); the spending guard counts them in a rolling window, under the write
+  lock, so two processes cannot both take the last place.
+
+Times are Unix seconds (wall clock, shared by processes on one machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from mmaudio_mcp.errors import StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from pathlib import Path
+
+    from mmaudio_mcp.models import GenerationParams
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+REATTACH_SECONDS: Final = 600.0
+"""How long after it started an abandoned call's job can be joined by the same call made again."""
+RUNNING_GRACE: Final = 2.0
+"""How long a call waits for an identical call still running to end (a client re-issues a call right after
+cancelling it, and the server may not have seen the cancellation through yet); after that it is a new take."""
+DEFAULT_SPEND_CAP: Final = 60
+DEFAULT_SPEND_WINDOW_MINUTES: Final = 60.0
+SPEND_CAP_ENV: Final = "MMAUDIO_SPEND_CAP"
+SPEND_WINDOW_ENV: Final = "MMAUDIO_SPEND_WINDOW_MINUTES"
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS calls (
+    call_id     TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    request_id  TEXT,
+    holder      TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    started     REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_fingerprint ON calls (fingerprint, started);
+CREATE INDEX IF NOT EXISTS calls_request ON calls (request_id);
+CREATE TABLE IF NOT EXISTS spend (
+    local_id TEXT PRIMARY KEY,
+    owner    TEXT NOT NULL,
+    at       REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spend_owner ON spend (owner, at)
+"""
+
+
+@dataclass(frozen=True)
+class SpendCap:
+    """At most `jobs` paid submits per key in any `window_minutes`; 0 jobs disables the guard."""
+
+    jobs: int = DEFAULT_SPEND_CAP
+    window_minutes: float = DEFAULT_SPEND_WINDOW_MINUTES
+
+    @classmethod
+    def from_env(cls) -> SpendCap:
+        """MMAUDIO_SPEND_CAP and MMAUDIO_SPEND_WINDOW_MINUTES if set, else the defaults (60 jobs per 60 minutes)."""
+        return cls(
+            jobs=int(_number(SPEND_CAP_ENV, DEFAULT_SPEND_CAP, 0, 1_000_000)),
+            window_minutes=_number(SPEND_WINDOW_ENV, DEFAULT_SPEND_WINDOW_MINUTES, 0.1, 7 * 24 * 60),
+        )
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_minutes * 60
+
+
+@dataclass(frozen=True)
+class Spent:
+    """Paid submits in the current window: how many, and when the oldest of them leaves it (Unix seconds)."""
+
+    count: int
+    frees_at: float | None
+
+
+def _number(name: str, default: float, low: float, high: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        logger.warning("ignoring %s=%r: not a number", name, raw)
+        return default
+    return min(max(value, low), high)
+
+
+def fingerprint(params: GenerationParams, owner: str | None, extra: str | None) -> str:
+    """Who asked for what: the same key, the same generation parameters and the same `extra` (e.g. the folder)."""
+    what = {"owner": owner, "params": params.model_dump(mode="json"), "extra": extra}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def _alive(holder: str) -> bool:
+    """Whether the process that made a call may still be running (a holder on another machine is assumed alive)."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Ledger:
+    """The `calls` and `spend` tables in the job database; one connection per process, driven from worker threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._lock = anyio.Lock()
+
+    @classmethod
+    def in_folder(cls, state_dir: Path) -> Ledger:
+        return cls(state_dir / "jobs.sqlite3")
+
+    # --- calls ------------------------------------------------------------------------------------------------------
+
+    async def abandoned(self, fingerprint: str, window: float = REATTACH_SECONDS) -> tuple[list[str], int]:
+        """The request_ids of calls with this fingerprint, started within `window`, that ended without their result
+        reaching the caller (newest first; each one returned is marked taken, so it is joined once), and how many
+        such calls are still running in live processes."""
+
+        def find(conn: sqlite3.Connection) -> tuple[list[str], int]:
+            rows = conn.execute(
+                "SELECT call_id, request_id, holder, state FROM calls WHERE fingerprint = ? AND started >= ? "
+                "AND state IN ('abandoned', 'running') ORDER BY started DESC",
+                (fingerprint, time.time() - window),
+            ).fetchall()
+            found = [row for row in rows if row[1] is not None and (row[3] == "abandoned" or not _alive(row[2]))]
+            for row in found:
+                conn.execute("UPDATE calls SET state = 'taken' WHERE call_id = ?", (row[0],))
+            running = sum(1 for row in rows if row[3] == "running" and _alive(row[2]))
+            return [row[1] for row in found], running
+
+        return await self._run(find)
+
+    async def begin(self, call_id: str, fingerprint: str, holder: str, request_id: str | None) -> None:
+        """Record a call as running (forgetting calls older than a day)."""
+        now = time.time()
+
+        def begin(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM calls WHERE started < ?", (now - 86400,))
+            conn.execute(
+                "INSERT INTO calls (call_id, fingerprint, request_id, holder, state, started) VALUES (?, ?, ?, ?, "
+                "'running', ?)",
+                (call_id, fingerprint, request_id, holder, now),
+            )
+
+        await self._run(begin)
+
+    async def bind(self, call_id: str, request_id: str) -> None:
+        """The call's job got its request_id."""
+        await self._run(
+            lambda conn: conn.execute("UPDATE calls SET request_id = ? WHERE call_id = ?", (request_id, call_id))
+        )
+
+    async def end(self, call_id: str, *, answered: bool) -> None:
+        """The call ended: its result was sent (every call on the same job counts as answered), or it was not."""
+
+        def end(conn: sqlite3.Connection) -> None:
+            if not answered:
+                conn.execute("UPDATE calls SET state = 'abandoned' WHERE call_id = ? AND state = 'running'", (call_id,))
+                return
+            row = conn.execute("SELECT request_id FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+            conn.execute("UPDATE calls SET state = 'answered' WHERE call_id = ?", (call_id,))
+            if row is not None and row[0] is not None:
+                conn.execute(
+                    "UPDATE calls SET state = 'answered' WHERE request_id = ? AND state = 'abandoned'", (row[0],)
+                )
+
+        await self._run(end)
+
+    # --- spend ------------------------------------------------------------------------------------------------------
+
+    async def reserve(self, owner: str | None, local_id: str, cap: SpendCap) -> Spent | None:
+        """Count one paid submit for `owner` unless the window is full; None if counted, else what was spent."""
+        if cap.jobs <= 0:
+            return None
+
+        def reserve(conn: sqlite3.Connection) -> Spent | None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                spent = _spent(conn, owner or "", cap.window_seconds)
+                if spent.count >= cap.jobs:
+                    conn.execute("ROLLBACK")
+                    return spent
+                conn.execute(
+                    "INSERT OR IGNORE INTO spend (local_id, owner, at) VALUES (?, ?, ?)",
+                    (local_id, owner or "", time.time()),
+                )
+                conn.execute("DELETE FROM spend WHERE at < ?", (time.time() - 7 * 86400,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            return None
+
+        return await self._run(reserve)
+
+    async def refund(self, local_id: str) -> None:
+        """A submit Pixazo refused (nothing was billed) does not count."""
+        await self._run(lambda conn: conn.execute("DELETE FROM spend WHERE local_id = ?", (local_id,)))
+
+    async def spent(self, owner: str | None, cap: SpendCap) -> Spent:
+        """Paid submits by `owner` in the current window."""
+        return await self._run(lambda conn: _spent(conn, owner or "", cap.window_seconds))
+
+    # --- plumbing ---------------------------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            self._closed = True
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                await anyio.to_thread.run_sync(conn.close)
+
+    async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        async with self._lock:
+            if self._closed:
+                raise RuntimeError("the job store is closed")
+            # Shielded: short, and what it records must not be half-done (a cancelled call is recorded as such).
+            return await _shielded(anyio.to_thread.run_sync(self._work, work))
+
+    def _work(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        try:
+            if self._conn is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                    conn.executescript(_SCHEMA)
+                except BaseException:
+                    conn.close()
+                    raise
+                self._conn = conn
+            return work(self._conn)
+        except (sqlite3.Error, OSError) as exc:
+            detail = str(exc) or type(exc).__name__
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                detail = "the disk is full"
+            raise StoreError(
+                f"The job database {self.path} cannot be used ({detail}). Check that MMAUDIO_STATE_DIR is a "
+                "writable folder with free space."
+            ) from exc
+
+
+async def _shielded(work: Awaitable[_T]) -> _T:
+    done: list[_T] = []
+    with anyio.CancelScope(shield=True):
+        done.append(await work)
+    return done[0]
+
+
+def _spent(conn: sqlite3.Connection, owner: str, window: float) -> Spent:
+    row = conn.execute(
+        "SELECT COUNT(*), MIN(at) FROM spend WHERE owner = ? AND at >= ?", (owner, time.time() - window)
+    ).fetchone()
+    return Spent(row[0], row[1] + window if row[1] is not None else None)
+
+
+__all__ = [
+    "DEFAULT_SPEND_CAP",
+    "DEFAULT_SPEND_WINDOW_MINUTES",
+    "REATTACH_SECONDS",
+    "RUNNING_GRACE",
+    "Ledger",
+    "SpendCap",
+    "Spent",
+    "fingerprint",
+]
