@@ -182,7 +182,8 @@ async def _save(jobs: JobService, job: AudioJob, saving: Saving) -> AudioJob:
     except MmaudioError as exc:
         raise NotSavedError(
             f"Job {job.request_id} completed and its WAV is at {job.file.path}, but the copy you asked for could not "
-            f"be made: {exc.message} To try again without paying: mmaudio-mcp status {job.request_id} "
+            f"be made: {exc.message.replace('overwrite=true', '--overwrite')} To try again without paying: "
+            f"mmaudio-mcp status {job.request_id} "
             "with the same saving options."
         ) from exc
 
@@ -306,7 +307,7 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
     from rich.table import Table
 
     rows = [_job_row(record) for record in records]
-    table = Table(title=f"{len(records)} recent jobs")
+    table = Table(title=f"{len(records)} recent jobs", caption=anyio.run(_spend_window, state_dir))
     # request ids are copied into `status`: never cut or wrapped; the prompt gives way first.
     table.add_column("request_id", no_wrap=True, min_width=max((len(row[0]) for row in rows), default=10))
     table.add_column("status", no_wrap=True)
@@ -317,6 +318,13 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
         table.add_row(*row)
     _console(wide=not sys.stdout.isatty()).print(table)  # piped or captured: no 80-column squeeze
     return EXIT_OK
+
+
+async def _spend_window(state_dir: Path) -> str:
+    from mmaudio_mcp.ledger import SpendCap, read_spent, spend_summary
+
+    cap = SpendCap.from_env()
+    return spend_summary(await read_spent(state_dir, cap), cap)
 
 
 async def _recent(state_dir: Path, limit: int) -> list[JobRecord]:

@@ -235,7 +235,7 @@ def test_a_save_that_fails_after_payment_prints_the_request_id_and_the_wav(tmp_p
     [job] = json.loads(run_cli(tmp_path, "jobs", "--sandbox", "--json").stdout)
     assert job["request_id"] in err
     assert job["file"]["path"] in err and Path(job["file"]["path"]).is_file()
-    assert "--overwrite" in err or "overwrite" in err
+    assert "--overwrite" in err and "overwrite=true" not in err
     again = run_cli(tmp_path, "status", job["request_id"], "--sandbox", "--out", "sfx", "--name", "bell2", cwd=project)
     assert again.returncode == 0, again.stderr
     assert Path(again.stdout.strip()) == project / "sfx" / "bell2.wav"
