@@ -97,6 +97,26 @@ class Spent:
     frees_at: float | None
 
 
+def spend_summary(spent: Spent, cap: SpendCap) -> str:
+    """The spend window in one line, for people (`mmaudio-mcp jobs`)."""
+    window = f"the last {cap.window_minutes:g} minutes"
+    if cap.jobs <= 0:
+        return f"Spending guard off (MMAUDIO_SPEND_CAP=0): {spent.count} paid jobs in {window}."
+    return (
+        f"Spend window: {spent.count} of {cap.jobs} paid jobs in {window} with the server's key "
+        "(MMAUDIO_SPEND_CAP, MMAUDIO_SPEND_WINDOW_MINUTES)."
+    )
+
+
+async def read_spent(state_dir: Path, cap: SpendCap) -> Spent:
+    """The server key's paid submits in the current window, read from the store in `state_dir`."""
+    ledger = Ledger.in_folder(state_dir)
+    try:
+        return await ledger.spent(None, cap)
+    finally:
+        await ledger.aclose()
+
+
 def _number(name: str, default: float, low: float, high: float) -> float:
     raw = os.environ.get(name, "").strip()
     try:
@@ -298,4 +318,6 @@ __all__ = [
     "SpendCap",
     "Spent",
     "fingerprint",
+    "read_spent",
+    "spend_summary",
 ]

@@ -95,6 +95,7 @@ if TYPE_CHECKING:
     from mcp.server.lowlevel.helper_types import ReadResourceContents
     from pydantic import AnyUrl
 
+    from mmaudio_mcp.ledger import SpendCap
     from mmaudio_mcp.schedule import PollPolicy
     from mmaudio_mcp.settings import Settings
 
@@ -135,8 +136,10 @@ def build_server(
     http_transport: httpx2.AsyncBaseTransport | None = None,
     policy: PollPolicy | None = None,
     limits: Limits | None = None,
+    spend_cap: SpendCap | None = None,
 ) -> MCPServer[AppState]:
-    """Assemble the server; nothing touches the network or disk until the lifespan starts."""
+    """Assemble the server; nothing touches the network or disk until the lifespan starts. `spend_cap`: the
+    spending guard (default: MMAUDIO_SPEND_CAP jobs per MMAUDIO_SPEND_WINDOW_MINUTES, else 60 per 60)."""
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncGenerator[AppState]:
@@ -151,6 +154,7 @@ def build_server(
             http_transport=http_transport,
             policy=policy,
             limits=limits,
+            spend_cap=spend_cap,
             webhook_base=settings.public_url if settings.transport != "stdio" else None,
             database_url=settings.database_url.get_secret_value() if settings.database_url else None,
         ) as jobs:
