@@ -118,6 +118,10 @@ async def test_the_player_plays_pauses_makes_a_new_take_and_plays_chunked_audio(
     from playwright.async_api import async_playwright
 
     started = time.monotonic()
+    refresh = bool(os.environ.get("MMAUDIO_UPDATE_SCREENSHOT"))  # refresh the README's picture, on purpose only
+    if refresh:  # with the path a user sees: the CLI's sandbox folder in the default output folder
+        settings = settings.model_copy(update={"output_dir": Path.home() / "Music" / "mmaudio-mcp" / "sandbox"})
+    existing = set(settings.output_dir.glob("*")) if settings.output_dir.is_dir() else set()
     server = build_server(settings, http_transport=httpx2.ASGITransport(app=sandbox.app), policy=POLICY)
     _add_host_routes(server, host_bundle)
     console: list[str] = []
@@ -127,7 +131,7 @@ async def test_the_player_plays_pauses_makes_a_new_take_and_plays_chunked_audio(
         try:
             page = await browser.new_page(viewport={"width": 720, "height": 340})
             page.on("console", lambda message: console.append(message.text))
-            args = json.dumps({"prompt": "rain on a tin roof", "duration": 4})
+            args = json.dumps({"prompt": "a soft piano melody", "duration": 4})
             await page.goto(f"{base}/host.html?args={args}")
             view = page.frame_locator("#app").frame_locator("iframe")
 
@@ -141,7 +145,7 @@ async def test_the_player_plays_pauses_makes_a_new_take_and_plays_chunked_audio(
             # A real click plays (user activation inside the frame), the second one pauses.
             await view.locator("#play").click()
             playing = await _wait_for(view, "not s['paused'] and s['t'] > 0.3")
-            await page.screenshot(path=shots / "player.png")
+            await page.locator("#app").screenshot(path=shots / "player.png")  # the view as the host frames it
             await view.locator("#play").click()
             paused = await _wait_for(view, "s['paused']")
             await _sleep(0.3)
@@ -180,8 +184,10 @@ async def test_the_player_plays_pauses_makes_a_new_take_and_plays_chunked_audio(
             assert [text for text in console if "Content Security Policy" in text and "blob:" in text], console
         finally:
             await browser.close()
-    if os.environ.get("MMAUDIO_UPDATE_SCREENSHOT"):  # refresh the README's picture on purpose, never as a side effect
+    if refresh:
         docs = ROOT / "docs"
         docs.mkdir(exist_ok=True)
         shutil.copyfile(shots / "player.png", docs / "player.png")
+        for made in set(settings.output_dir.glob("*")) - existing:  # only what this test wrote
+            made.unlink()
     print(f"browser test: {time.monotonic() - started:.1f} s; screenshots in {shots}")

@@ -28,7 +28,11 @@ async function main() {
   const hostContext = {
     theme: "dark",
     displayMode: "inline",
-    styles: { variables: { "--color-background-primary": "#1e1f24", "--color-text-primary": "#f2f2f2", "--color-text-info": "#6ea8fe" } },
+    styles: { variables: {  // a dark host theme, as MCP Apps hosts pass it (hostContext.styles.variables)
+      "--color-background-primary": "#1e1f24", "--color-background-secondary": "#26272e",
+      "--color-background-tertiary": "#31323a", "--color-text-primary": "#f2f2f2", "--color-text-secondary": "#a3a6ae",
+      "--color-text-info": "#6ea8fe", "--color-border-primary": "#3b3c45", "--border-radius-md": "8px",
+    } },
   };
   const bridge = new AppBridge(client, { name: "player-test-host", version: "1.0.0" },
     { serverTools: {}, serverResources: {}, logging: {} }, { hostContext });
