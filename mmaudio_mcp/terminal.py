@@ -222,7 +222,7 @@ async def _status(args: argparse.Namespace, settings: Settings) -> AudioJob:
     options = processing_options(args)
     async with job_service(args, settings) as jobs:
         saving = check_saving(args, options, jobs.output_dir)
-        request_id = await _full_id(jobs, args.request_id)
+        request_id = await full_request_id(jobs, args.request_id)
         async with _progress_bar(f"Checking {request_id}") as show:
             try:
                 job = await jobs.check(request_id, wait_seconds=args.wait_seconds, progress=show)
@@ -232,7 +232,7 @@ async def _status(args: argparse.Namespace, settings: Settings) -> AudioJob:
         return await _save(jobs, job, saving)
 
 
-async def _full_id(jobs: JobService, given: str) -> str:
+async def full_request_id(jobs: JobService, given: str) -> str:
     """The stored request_id that `given` is a unique prefix of (with or without the model's `..._` part)."""
     records = await jobs.recent(10_000)
     ids = {record.request_id for record in records if record.request_id}
@@ -453,6 +453,7 @@ __all__ = [
     "EXIT_NOT_FINISHED",
     "EXIT_OK",
     "doctor",
+    "full_request_id",
     "gateway",
     "generate",
     "host_config",
