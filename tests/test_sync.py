@@ -3,6 +3,7 @@ an interrupted run resumes its jobs, and only a changed generation pays again (c
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -127,6 +128,19 @@ async def test_an_interrupted_sync_resumes_the_same_jobs(project: Path, jobs: Jo
     assert [o.plan.action for o in second] == ["resumed"] * 3
     assert {o.request_id for o in second} == {o.request_id for o in first}
     assert sandbox.stats().submits == 3
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
+async def test_at_most_parallel_jobs_run_at_once(
+    project: Path, jobs: JobService, sandbox: Sandbox, parallel: int
+) -> None:
+    """`--parallel N` bounds the jobs in flight: with 1 each job is submitted after the previous one completed; with 3
+    the three sounds overlap (so the bound, not chance, kept them apart)."""
+    await sync(project, jobs, parallel=parallel)
+    timings = sorted(sandbox.stats().jobs.values(), key=lambda timing: timing.submitted_at)
+    assert len(timings) == 3
+    overlapping = any(later.submitted_at < earlier.completed_at for earlier, later in itertools.pairwise(timings))
+    assert overlapping is (parallel > 1)
 
 
 @pytest.mark.parametrize(
