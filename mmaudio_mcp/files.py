@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
+    from mmaudio_mcp.objects import ObjectStorage
     from mmaudio_mcp.pixazo import PixazoClient
     from mmaudio_mcp.processing import ProcessedAudio, ProcessOptions
     from mmaudio_mcp.store import JobStore, Leases
@@ -71,10 +72,13 @@ class JobFiles:
         refresh: Callable[[JobRecord], Awaitable[JobRecord]],
         *,
         leases: Leases | None = None,
+        objects: ObjectStorage | None = None,
     ) -> None:
         """`refresh` re-reads a job's status from Pixazo (for a fresh media URL when the stored one fails);
-        `leases` make one process at a time download a job (others wait for its file)."""
+        `leases` make one process at a time download a job (others wait for its file); with `objects`, the audio
+        is kept in object storage too, and the output folder is only this replica's cache of it."""
         self._leases = leases
+        self._objects = objects
         self._client = client
         self._store = store
         self._output_dir = output_dir
@@ -109,7 +113,7 @@ class JobFiles:
         assert request_id is not None
         async with self._job_lock(request_id):
             record = await self._store.get(request_id) or record
-            if await _usable(record, verify=verify):
+            if await self._here(record, verify=verify):
                 return record
             # One process at a time downloads a job: the lease holder. Another waits for its file, or for its
             # lease to end (a holder that died is taken over at most one lease later).
@@ -117,20 +121,38 @@ class JobFiles:
             while leases is not None and not await leases.acquire(request_id):
                 await anyio.sleep(leases.follow_seconds)
                 record = await self._store.get(request_id) or record
-                if await _usable(record, verify=verify):
+                if await self._here(record, verify=verify):
                     return record
             try:
                 record = await self._store.get(request_id) or record
-                if await _usable(record, verify=verify):
+                if await self._here(record, verify=verify):
                     return record
                 return await self._download_and_record(record)
             finally:
                 if leases is not None:
                     await leases.release(request_id)
 
+    async def _here(self, record: JobRecord, *, verify: bool) -> bool:
+        """Whether the job's file is usable here; with object storage, a file another replica recorded is first
+        copied into this replica's cache (checked against the recorded sha256)."""
+        if self._objects is None or record.file is None or record.request_id is None:
+            return await _usable(record, verify=verify)
+        path = Path(record.file.path)
+        if not verify and await anyio.Path(path).is_file():
+            return True
+        if verify and await verify_file(path, record.file.sha256):
+            return True
+        if path.parent.resolve() != self._output_dir.resolve():
+            return False  # recorded by a replica with another output folder: fetched from Pixazo again instead
+        key = self._objects.key(record.request_id, path.name)
+        return await self._objects.fetch(key, path, record.file.sha256)
+
     async def _download_and_record(self, record: JobRecord) -> JobRecord:
         try:
             file = await self._fetch(record)
+            if self._objects is not None and record.request_id is not None:
+                key = self._objects.key(record.request_id, Path(file.path).name)
+                await self._objects.put(key, Path(file.path), file.sha256)  # before the row names the file
         except MediaError as exc:
             await self._store.save(record_error(record, exc))
             raise type(exc)(

@@ -34,6 +34,7 @@ from mmaudio_mcp.errors import (
 from mmaudio_mcp.files import BackgroundDownloads, JobFiles, Limits, record_error
 from mmaudio_mcp.ledger import RUNNING_GRACE, Ledger, SpendCap, Spent, fingerprint
 from mmaudio_mcp.models import AudioJob, JobError, JobRecord, JobStatus, NextStep, is_valid_request_id, utc_now
+from mmaudio_mcp.objects import ObjectStorage
 from mmaudio_mcp.pixazo import PixazoClient
 from mmaudio_mcp.polling import Pollers, elapsed_seconds
 from mmaudio_mcp.schedule import Learned, PollPolicy, eta_seconds, expected_seconds, learn
@@ -102,6 +103,7 @@ class JobService:
         lease_seconds: float | None = None,
         ledger: Ledger | None = None,
         spend_cap: SpendCap | None = None,
+        objects: ObjectStorage | None = None,
     ) -> None:
         """`lease_seconds`: how long a job's lease lasts without renewal (MMAUDIO_LEASE_SECONDS, else 20 s); a
         process that dies holding one is taken over that much later. `ledger` records calls and paid submits (by
@@ -113,7 +115,9 @@ class JobService:
         self.spend_cap = spend_cap or SpendCap.from_env()
         self._output_dir = output_dir
         self._leases = Leases(store, lease_seconds)
-        self._files = JobFiles(client, store, output_dir, limits or Limits(), self._refresh, leases=self._leases)
+        self._files = JobFiles(
+            client, store, output_dir, limits or Limits(), self._refresh, leases=self._leases, objects=objects
+        )
         self._policy = policy or PollPolicy()
         self._webhook_base = webhook_base
         self._pollers = Pollers(
@@ -580,10 +584,12 @@ async def open_job_service(
     lease_seconds: float | None = None,
     spend_cap: SpendCap | None = None,
     database_url: str | None = None,
+    storage_url: str | None = None,
 ) -> AsyncGenerator[JobService]:
     """Assemble the Pixazo client, the store and the service, and close them in order afterwards. The HTTP client
     and the database open on first use: a host that only lists tools pays for neither. With `database_url`
-    (MMAUDIO_DATABASE_URL), jobs live in that PostgreSQL database, shared by every replica."""
+    (MMAUDIO_DATABASE_URL), jobs live in that PostgreSQL database, shared by every replica; with `storage_url`
+    (MMAUDIO_STORAGE_URL, s3://bucket/prefix) their audio lives in that bucket, the output folder being a cache."""
     limits = limits or Limits()
     client = PixazoClient(None, api_key, gateway_url, transport=http_transport, timeout=limits.http_timeout)
     store: JobStore
@@ -603,6 +609,7 @@ async def open_job_service(
             webhook_base=webhook_base,
             lease_seconds=lease_seconds,
             spend_cap=spend_cap,
+            objects=ObjectStorage(storage_url) if storage_url else None,
         )
         async with service:
             yield service

@@ -157,6 +157,7 @@ def build_server(
             spend_cap=spend_cap,
             webhook_base=settings.public_url if settings.transport != "stdio" else None,
             database_url=settings.database_url.get_secret_value() if settings.database_url else None,
+            storage_url=settings.storage_url,
         ) as jobs:
             live.state = AppState(jobs=jobs)
             try:

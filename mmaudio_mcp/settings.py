@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MMAUDIO_DATABASE_URL", "database_url"),
         description="postgresql://... : keep jobs in PostgreSQL, shared by replicas (needs the [postgres] extra).",
     )
+    storage_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MMAUDIO_STORAGE_URL", "storage_url"),
+        description="s3://bucket/prefix : keep the audio in S3-compatible storage, shared by replicas ([s3] extra).",
+    )
     stateless: bool = Field(
         default=False,
         validation_alias=AliasChoices("MMAUDIO_STATELESS", "stateless"),
@@ -78,7 +83,7 @@ class Settings(BaseSettings):
         """Whether streamable HTTP runs without sessions: asked for, or implied by a shared database (replicas)."""
         return self.stateless or self.database_url is not None
 
-    @field_validator("api_key", "http_token", "public_url", "database_url", mode="before")
+    @field_validator("api_key", "http_token", "public_url", "database_url", "storage_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -128,3 +128,115 @@ def wait_for_port(port: int, seconds: float = 20.0) -> None:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on port {port} after {seconds} s")
+
+
+MOTO = "moto[server]==5.2.5"
+MOTO_VENV = Path(tempfile.gettempdir()) / "mmaudio-mcp-tests-moto-5.2.5"
+"""moto is heavy (about 300 MB, 64 packages): it lives in its own virtualenv, made once per machine."""
+
+
+def _moto_server() -> Path | str:
+    """The moto_server command, installing it into its own virtualenv if needed; else why it cannot be had."""
+    binary = MOTO_VENV / "bin" / "moto_server"
+    if binary.exists():
+        return binary
+    python = shutil.which("python3") or "python3"
+    for command in ([python, "-m", "venv", str(MOTO_VENV)], [str(MOTO_VENV / "bin" / "pip"), "install", "-q", MOTO]):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            shutil.rmtree(MOTO_VENV, ignore_errors=True)
+            return f"`{' '.join(command)}` failed: {done.stderr.strip()[-300:]}"
+    return binary
+
+
+@dataclass
+class S3Server:
+    """A moto S3 server on loopback with one bucket; `env` holds the AWS variables that reach it."""
+
+    endpoint: str
+    bucket: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+        }
+
+
+@contextlib.contextmanager
+def start_s3(bucket: str = "mmaudio") -> Iterator[S3Server]:
+    """Start moto's S3 server (a quarter of a second once installed) with one bucket, or skip with the reason."""
+    import httpx2
+
+    binary = _moto_server()
+    if isinstance(binary, str):
+        pytest.skip(f"an S3 stand-in (moto) is needed for this test: {binary}")
+    port = free_port()
+    process = subprocess.Popen(
+        [str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_port(port)
+        endpoint = f"http://127.0.0.1:{port}"
+        httpx2.put(f"{endpoint}/{bucket}").raise_for_status()
+        yield S3Server(endpoint, bucket)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+NGINX_CONF = """
+worker_processes 1;
+pid {base}/nginx.pid;
+error_log {base}/nginx-error.log warn;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    client_body_temp_path {base}/body;
+    proxy_temp_path {base}/proxy;
+    fastcgi_temp_path {base}/fastcgi;
+    uwsgi_temp_path {base}/uwsgi;
+    scgi_temp_path {base}/scgi;
+    upstream replicas {{
+{servers}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://replicas;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_read_timeout 120s;
+            proxy_next_upstream error timeout;
+        }}
+    }}
+}}
+"""
+"""Round-robin over the replicas; the Host header passed through (else every request is a 421 from the
+DNS-rebinding check). deploy/nginx.conf is the same, for compose."""
+
+
+@contextlib.contextmanager
+def start_nginx(ports: list[int]) -> Iterator[int]:
+    """nginx round-robin over loopback ports, everything under a temp folder; yields its port (or skips)."""
+    if shutil.which("nginx") is None and (why := _apt_install("nginx")) is not None:
+        pytest.skip(f"nginx is needed for this test: {why}")
+    base = Path(tempfile.mkdtemp(prefix="mmaudio-nginx-"))
+    port = free_port()
+    servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=0;" for p in ports)
+    conf = base / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(base=base, servers=servers, port=port))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    subprocess.run([nginx, "-c", str(conf), "-e", str(base / "nginx-error.log")], check=True, timeout=30)
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        subprocess.run(
+            [nginx, "-c", str(conf), "-e", str(base / "nginx-error.log"), "-s", "stop"], timeout=30, check=False
+        )
+        shutil.rmtree(base, ignore_errors=True)
