@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
+from anyio.lowlevel import RunVar
 
 from mmaudio_mcp.containers import AudioInfo, check_decoded, sniff
 from mmaudio_mcp.errors import InvalidArgumentError, InvalidAudioError, MediaTooLargeError
@@ -28,6 +29,10 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 """Cap for one download (30 s of float32 stereo at 48 kHz is ~11.5 MB)."""
 
 _MIB = 1024 * 1024
+AUDIO_WORK_THREADS = 2
+"""Worker threads that may decode, encode or hash audio at once: a burst of completions then queues its CPU work
+instead of handing the GIL to dozens of threads while the event loop waits its turn to answer."""
+_AUDIO_LIMITER: RunVar[anyio.CapacityLimiter] = RunVar("mmaudio_audio_limiter")
 _HEAD_BYTES = 64 * 1024
 _BLOCK_BYTES = _MIB
 
@@ -311,6 +316,16 @@ def _shown(name: str) -> str:
     return repr(name if len(name) <= 60 else f"{name[:57]}...")
 
 
+def audio_work_limiter() -> anyio.CapacityLimiter:
+    """The limiter every CPU-heavy piece of audio work runs under (one per event loop)."""
+    try:
+        return _AUDIO_LIMITER.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(AUDIO_WORK_THREADS)
+        _AUDIO_LIMITER.set(limiter)
+        return limiter
+
+
 def file_uri(path: Path) -> str:
     """Return the file:// URI of a path, made absolute."""
     return path.resolve().as_uri()
@@ -385,7 +400,7 @@ async def save_audio(chunks: AsyncIterable[bytes], dest: Path, *, max_bytes: int
     try:
         async for chunk in chunks:
             await part.write(chunk)
-        final, info = await anyio.to_thread.run_sync(part.commit, dest)
+        final, info = await anyio.to_thread.run_sync(part.commit, dest, limiter=audio_work_limiter())
     except BaseException:
         # Shielded so that a cancelled download still removes its temporary file before cancellation goes on.
         with anyio.CancelScope(shield=True):
@@ -413,7 +428,7 @@ def _remove_stale_parts(folder: Path, older_than: float) -> int:
 
 async def file_digest(path: Path) -> tuple[str, int]:
     """Return the file's sha256 (hex) and size, hashing in a worker thread."""
-    digest, _head, size = await anyio.to_thread.run_sync(_digest_and_head, path)
+    digest, _head, size = await anyio.to_thread.run_sync(_digest_and_head, path, limiter=audio_work_limiter())
     return digest, size
 
 
@@ -424,12 +439,12 @@ def sha256_of(path: Path) -> str:
 
 async def verify_file(path: Path, sha256: str) -> bool:
     """Tell whether the file exists and its sha256 matches."""
-    return await anyio.to_thread.run_sync(_matches, path, sha256)
+    return await anyio.to_thread.run_sync(_matches, path, sha256, limiter=audio_work_limiter())
 
 
 async def describe_file(path: Path) -> AudioFile:
     """Hash and decode an existing audio file into an AudioFile; InvalidAudioError if it is not usable audio."""
-    return await anyio.to_thread.run_sync(_describe, path)
+    return await anyio.to_thread.run_sync(_describe, path, limiter=audio_work_limiter())
 
 
 def _matches(path: Path, sha256: str) -> bool:
@@ -477,9 +492,11 @@ def _audio_file(path: Path, size: int, sha256: str, info: AudioInfo) -> AudioFil
 
 
 __all__ = [
+    "AUDIO_WORK_THREADS",
     "DEFAULT_MAX_BYTES",
     "WavInfo",
     "audio_filename",
+    "audio_work_limiter",
     "check_audio",
     "checked_filename",
     "describe_file",

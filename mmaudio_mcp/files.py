@@ -17,6 +17,7 @@ import anyio.to_thread
 from mmaudio_mcp.audio import (
     DEFAULT_MAX_BYTES,
     audio_filename,
+    audio_work_limiter,
     checked_filename,
     file_digest,
     remove_stale_parts,
@@ -207,7 +208,9 @@ class JobFiles:
             source = Path(record.file.path)
             dest = variant_path(source, key, options.format)
             try:
-                processed = await anyio.to_thread.run_sync(process_file, source, dest, options)
+                processed = await anyio.to_thread.run_sync(
+                    process_file, source, dest, options, limiter=audio_work_limiter()
+                )
             except OSError as exc:
                 raise local_storage_error(exc, dest.parent, record.request_id) from exc
             file = await _described(processed)
@@ -248,6 +251,7 @@ class BackgroundDownloads:
         self._files = files
         self._pending: dict[str, _Pending] = {}
         self._task_group: TaskGroup | None = None
+        self._warmed = False
 
     async def __aenter__(self) -> Self:
         self._task_group = anyio.create_task_group()
@@ -261,6 +265,20 @@ class BackgroundDownloads:
         self._task_group.cancel_scope.cancel()
         await self._task_group.__aexit__(None, None, None)
         return None
+
+    def warm_up(self) -> None:
+        """Import the audio libraries a completion needs (numpy, soundfile, soxr: ~0.5 s of import work holding the
+        GIL), once, in the background: started at the first submit, done long before the first job completes, so
+        the import does not land on a burst of completions."""
+        if not self._warmed and self._task_group is not None:
+            self._warmed = True
+            self._task_group.start_soon(self._warm, name="import audio libraries")
+
+    async def _warm(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(_import_audio_libraries, limiter=audio_work_limiter())
+        except ImportError as exc:  # the first completion will say so with its context
+            logger.warning("could not import the audio libraries: %s", exc)
 
     def running(self, request_id: str) -> bool:
         """Whether this job's audio is being downloaded right now."""
@@ -300,6 +318,12 @@ class BackgroundDownloads:
         finally:
             del self._pending[record.request_id]
             pending.done.set()
+
+
+def _import_audio_libraries() -> None:
+    import numpy  # noqa: F401  # pyright: ignore[reportUnusedImport]
+    import soundfile  # noqa: F401  # pyright: ignore[reportUnusedImport, reportMissingTypeStubs]
+    import soxr  # noqa: F401  # pyright: ignore[reportUnusedImport, reportMissingTypeStubs]
 
 
 async def _usable(record: JobRecord, *, verify: bool) -> bool:

@@ -37,7 +37,7 @@ from mmaudio_mcp.models import AudioJob, JobError, JobRecord, JobStatus, NextSte
 from mmaudio_mcp.objects import ObjectStorage
 from mmaudio_mcp.pixazo import PixazoClient
 from mmaudio_mcp.polling import Pollers, elapsed_seconds
-from mmaudio_mcp.schedule import Learned, PollPolicy, eta_seconds, expected_seconds, learn
+from mmaudio_mcp.schedule import Learned, PollPolicy, eta_seconds, expected_seconds, learn, progress_message
 from mmaudio_mcp.store import LeaseLostError, Leases, SqliteJobStore
 
 if TYPE_CHECKING:
@@ -251,6 +251,20 @@ class JobService:
             with anyio.CancelScope(shield=True):
                 await self._ledger.end(attempt.call_id, answered=answered)
 
+    async def peek(self, request_id: str, caller: Caller = SERVER) -> tuple[AudioJob, str]:
+        """The caller's job as stored (no network call), and where it is in the words progress notifications use."""
+        record = await self._store.get(request_id)
+        if record is None or record.owner != caller.owner:
+            raise unknown_job(request_id)
+        elapsed = elapsed_seconds(record)
+        words = progress_message(record.status, elapsed, self._expected(record), heard=record.polled_at is not None)
+        return self.view(record), words
+
+    @property
+    def ledger(self) -> Ledger | None:
+        """Where calls, paid submits and tasks are recorded (None for a store without one)."""
+        return self._ledger
+
     async def spent(self, caller: Caller = SERVER) -> Spent:
         """The caller's paid submits in the spending guard's current window."""
         if self._ledger is None:
@@ -403,6 +417,7 @@ class JobService:
         )
         with anyio.CancelScope(shield=True):  # the 202 arrived: this row must exist even if the call is cancelled
             await self._store.save(record)
+        self._downloads.warm_up()  # the audio libraries, before any job of this process completes
         if token:
             self._webhook_jobs[token] = reply.request_id
         logger.info("submitted %s", reply.request_id)
