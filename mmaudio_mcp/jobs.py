@@ -37,7 +37,7 @@ from mmaudio_mcp.models import AudioJob, JobError, JobRecord, JobStatus, NextSte
 from mmaudio_mcp.objects import ObjectStorage
 from mmaudio_mcp.pixazo import PixazoClient
 from mmaudio_mcp.polling import Pollers, elapsed_seconds
-from mmaudio_mcp.schedule import Learned, PollPolicy, eta_seconds, expected_seconds, learn, progress_message
+from mmaudio_mcp.schedule import Learned, PollPolicy, eta_seconds, expected_seconds, learn, progress_message, progress_message
 from mmaudio_mcp.store import LeaseLostError, Leases, SqliteJobStore
 
 if TYPE_CHECKING:
@@ -250,6 +250,20 @@ class JobService:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._ledger.end(attempt.call_id, answered=answered)
+
+    async def peek(self, request_id: str, caller: Caller = SERVER) -> tuple[AudioJob, str]:
+        """The caller's job as stored (no network call), and where it is in the words progress notifications use."""
+        record = await self._store.get(request_id)
+        if record is None or record.owner != caller.owner:
+            raise unknown_job(request_id)
+        elapsed = elapsed_seconds(record)
+        words = progress_message(record.status, elapsed, self._expected(record), heard=record.polled_at is not None)
+        return self.view(record), words
+
+    @property
+    def ledger(self) -> Ledger | None:
+        """Where calls, paid submits and tasks are recorded (None for a store without one)."""
+        return self._ledger
 
     async def peek(self, request_id: str, caller: Caller = SERVER) -> tuple[AudioJob, str]:
         """The caller's job as stored (no network call), and where it is in the words progress notifications use."""

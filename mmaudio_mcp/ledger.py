@@ -23,8 +23,8 @@ import os
 import socket
 import sqlite3
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeVar
+from dataclasses import astuple, dataclass
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -65,7 +65,20 @@ CREATE TABLE IF NOT EXISTS spend (
     owner    TEXT NOT NULL,
     at       REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS spend_owner ON spend (owner, at)
+CREATE INDEX IF NOT EXISTS spend_owner ON spend (owner, at);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id    TEXT PRIMARY KEY,
+    owner      TEXT NOT NULL,
+    tool       TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    extra      TEXT NOT NULL,
+    created    REAL NOT NULL,
+    updated    REAL NOT NULL,
+    ttl_ms     INTEGER,
+    status     TEXT NOT NULL,
+    message    TEXT,
+    outcome    TEXT
+)
 """
 
 
@@ -115,6 +128,35 @@ async def read_spent(state_dir: Path, cap: SpendCap) -> Spent:
         return await ledger.spent(None, cap)
     finally:
         await ledger.aclose()
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """A task (the MCP Tasks extension) as stored: the job it follows, and its outcome once it has one (the JSON of
+    a CallToolResult when completed, of a JSON-RPC error when failed). Times are Unix seconds."""
+
+    task_id: str
+    owner: str | None
+    tool: str
+    request_id: str
+    extra: str
+    created: float
+    updated: float
+    ttl_ms: int | None
+    status: str = "working"
+    message: str | None = None
+    outcome: str | None = None
+
+    @property
+    def expired(self) -> bool:
+        return self.ttl_ms is not None and time.time() > self.created + self.ttl_ms / 1000
+
+
+_TASK_COLUMNS: Final = "task_id, owner, tool, request_id, extra, created, updated, ttl_ms, status, message, outcome"
+
+
+def _task(row: tuple[Any, ...]) -> TaskRow:
+    return TaskRow(row[0], row[1] or None, *row[2:])
 
 
 def _number(name: str, default: float, low: float, high: float) -> float:
@@ -255,6 +297,43 @@ class Ledger:
         """Paid submits by `owner` in the current window."""
         return await self._run(lambda conn: _spent(conn, owner or "", cap.window_seconds))
 
+    # --- tasks ------------------------------------------------------------------------------------------------------
+
+    async def create_task(self, task: TaskRow) -> None:
+        """Store a new task durably (forgetting expired ones); from then on `get_task` finds it."""
+
+        def create(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM tasks WHERE ttl_ms IS NOT NULL AND created + ttl_ms / 1000.0 < ?", (time.time(),))
+            conn.execute(
+                f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608 (constant)
+                (task.task_id, task.owner or "", *astuple(task)[2:]),
+            )
+
+        await self._run(create)
+
+    async def get_task(self, task_id: str) -> TaskRow | None:
+        """The task, or None if there is none (an expired task is returned once more, marked by `expired`)."""
+        sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?"  # noqa: S608 (constant)
+        row = await self._run(lambda conn: conn.execute(sql, (task_id,)).fetchone())
+        return _task(row) if row else None
+
+    async def delete_task(self, task_id: str) -> None:
+        await self._run(lambda conn: conn.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,)))
+
+    async def end_task(self, task_id: str, status: str, message: str, outcome: str | None) -> TaskRow | None:
+        """Move a working task to a terminal status (a task already terminal keeps its first end); the row after."""
+
+        def end(conn: sqlite3.Connection) -> TaskRow | None:
+            conn.execute(
+                "UPDATE tasks SET status = ?, message = ?, outcome = COALESCE(?, outcome), updated = ? "
+                "WHERE task_id = ? AND status = 'working'",
+                (status, message, outcome, time.time(), task_id),
+            )
+            row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()  # noqa: S608
+            return _task(row) if row else None
+
+        return await self._run(end)
+
     # --- plumbing ---------------------------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
@@ -317,6 +396,7 @@ __all__ = [
     "Ledger",
     "SpendCap",
     "Spent",
+    "TaskRow",
     "fingerprint",
     "read_spent",
     "spend_summary",

@@ -79,6 +79,7 @@ from mmaudio_mcp.results import (
     with_inline_audio,
     with_player,
 )
+from mmaudio_mcp.tasks import MODERN, TaskRunner, TasksExtension, task_request
 from mmaudio_mcp.wire_errors import (
     NotFoundError,
     prompt_error,
@@ -89,13 +90,14 @@ from mmaudio_mcp.wire_errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 
     import httpx2
     from mcp.server.lowlevel.helper_types import ReadResourceContents
+    from mcp.types import CallToolRequestParams
     from pydantic import AnyUrl
 
-    from mmaudio_mcp.ledger import SpendCap
+    from mmaudio_mcp.ledger import SpendCap, TaskRow
     from mmaudio_mcp.schedule import PollPolicy
     from mmaudio_mcp.settings import Settings
 
@@ -115,6 +117,7 @@ class AppState:
     """What the lifespan owns for the server's life."""
 
     jobs: JobService
+    tasks: TaskRunner | None = None
 
 
 @dataclass
@@ -146,24 +149,30 @@ def build_server(
         if live.state is not None:  # SSE enters the lifespan per connection: share the app-wide service
             yield live.state
             return
-        async with open_job_service(
-            api_key=settings.api_key,
-            gateway_url=settings.gateway_url,
-            state_dir=settings.state_dir,
-            output_dir=settings.output_dir,
-            http_transport=http_transport,
-            policy=policy,
-            limits=limits,
-            spend_cap=spend_cap,
-            webhook_base=settings.public_url if settings.transport != "stdio" else None,
-            database_url=settings.database_url.get_secret_value() if settings.database_url else None,
-            storage_url=settings.storage_url,
-        ) as jobs:
-            live.state = AppState(jobs=jobs)
+        async with (
+            open_job_service(
+                api_key=settings.api_key,
+                gateway_url=settings.gateway_url,
+                state_dir=settings.state_dir,
+                output_dir=settings.output_dir,
+                http_transport=http_transport,
+                policy=policy,
+                limits=limits,
+                spend_cap=spend_cap,
+                webhook_base=settings.public_url if settings.transport != "stdio" else None,
+                database_url=settings.database_url.get_secret_value() if settings.database_url else None,
+                storage_url=settings.storage_url,
+            ) as jobs,
+            anyio.create_task_group() as workers,
+        ):
+            ledger = jobs.ledger
+            runner = TaskRunner(jobs, ledger, _task_result(previews), workers) if ledger is not None else None
+            live.state = AppState(jobs=jobs, tasks=runner)
             try:
                 yield live.state
             finally:
                 live.state = None
+                workers.cancel_scope.cancel()  # task workers resume on the next tasks/get after a restart
 
     live = _Live()
 
@@ -176,7 +185,7 @@ def build_server(
         lifespan=lifespan,
         log_level="WARNING",
         tools=_tools(settings.wait_seconds, levels, previews),
-        extensions=[_player_app()],
+        extensions=[_player_app(), TasksExtension(lambda: live.state.tasks if live.state else None, _caller, _as_task)],
     )
     _add_resources(server, live, previews)
     _add_routes(server, live)
@@ -278,6 +287,12 @@ def _tools(default_wait: float, levels: WeakKeyDictionary[Any, str], previews: P
             )
             jobs, caller = await _jobs_for(ctx)
             destination = await _destination(ctx, jobs, folder)
+            if (pending := task_request()) is not None and (runner := ctx.request_context.lifespan_context.tasks):
+                async with jobs.attempt(params, caller, folder) as attempt:  # the task handle is this call's answer
+                    job = await jobs.generate(params, wait_seconds=0, caller=caller, attempt=attempt)
+                    pending.task = await runner.create("generate_audio", job, caller, _place(destination))
+                    pending.caller = caller
+                    return tool_result(job)
             report = _progress(ctx, levels)
             # A call whose predecessor never got its result (cancelled, stream closed) joins that job: no new payment.
             async with jobs.attempt(params, caller, folder) as attempt:
@@ -298,6 +313,12 @@ def _tools(default_wait: float, levels: WeakKeyDictionary[Any, str], previews: P
         """Report a generate_audio job; when it is complete, its WAV is saved (finished jobs are answered locally)."""
         with tool_errors():
             jobs, caller = await _jobs_for(ctx)
+            if (pending := task_request()) is not None and (runner := ctx.request_context.lifespan_context.tasks):
+                job = await jobs.check(request_id, caller=caller)
+                if not job.status.is_terminal or job.file is None:  # a finished job is answered at once, as always
+                    pending.task = await runner.create("check_status", job, caller, {})
+                    pending.caller = caller
+                    return tool_result(job)
             report = _progress(ctx, levels)
             job = await jobs.check(request_id, wait_seconds=wait_seconds, progress=report, caller=caller)
             preview = await preview_size(job.file, job.request_id, previews)
@@ -524,6 +545,44 @@ def _add_routes(server: MCPServer[AppState], live: _Live) -> None:
         # The unguessable token is the only credential; the body is ignored (Pixazo's callbacks are unsigned).
         known = live.state is not None and await live.jobs.on_webhook(request.path_params["token"])
         return Response(status_code=202 if known else 404)
+
+
+def _as_task(params: CallToolRequestParams) -> bool:
+    """The calls a tasks-capable client gets a task for: generate_audio, and check_status when it would wait."""
+    arguments: dict[str, Any] = params.arguments or {}
+    wait: Any = arguments.get("wait_seconds", 0)
+    waits = isinstance(wait, int | float) and wait > 0
+    return params.name == "generate_audio" or (params.name == "check_status" and waits)
+
+
+def _place(destination: Destination | None) -> dict[str, Any]:
+    """A destination as a task stores it (to save the audio there when the job completes, even after a restart)."""
+    if destination is None:
+        return {}
+    return {"folder": str(destination.folder), "root": str(destination.root)}
+
+
+def _task_result(previews: Path) -> Callable[[JobService, TaskRow, Caller], Awaitable[CallToolResult]]:
+    """How a task's final result is made: exactly what the blocking call returns once its job has finished."""
+
+    async def finish(jobs: JobService, row: TaskRow, caller: Caller) -> CallToolResult:
+        job = await jobs.check(row.request_id, caller=caller)
+        extra = json.loads(row.extra)
+        if row.tool == "generate_audio" and extra.get("folder") and job.file is not None:
+            destination = Destination(Path(extra["folder"]), Path(extra["root"]))
+            job = await jobs.download(job.request_id, caller=caller, destination=destination)
+        preview = await preview_size(job.file, job.request_id, previews)
+        result = await with_player(tool_result(job, preview_bytes=preview), job)
+        return for_protocol(result, MODERN)
+
+    return finish
+
+
+async def _caller(ctx: ServerRequestContext[Any, Any]) -> Caller:
+    """Who sends a tasks/* request: the same per-key binding as the tools (CLIENT_KEY_HEADER over HTTP)."""
+    state: AppState = ctx.lifespan_context
+    headers: Mapping[str, str] = getattr(ctx.request, "headers", None) or {}
+    return await state.jobs.caller(headers.get(CLIENT_KEY_HEADER))
 
 
 async def _destination(ctx: Context[AppState], jobs: JobService, folder: str | None) -> Destination | None:
