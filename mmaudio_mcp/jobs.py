@@ -37,7 +37,7 @@ from mmaudio_mcp.models import AudioJob, JobError, JobRecord, JobStatus, NextSte
 from mmaudio_mcp.objects import ObjectStorage
 from mmaudio_mcp.pixazo import PixazoClient
 from mmaudio_mcp.polling import Pollers, elapsed_seconds
-from mmaudio_mcp.schedule import Learned, PollPolicy, eta_seconds, expected_seconds, learn, progress_message, progress_message
+from mmaudio_mcp.schedule import Learned, PollPolicy, eta_seconds, expected_seconds, learn, progress_message
 from mmaudio_mcp.store import LeaseLostError, Leases, SqliteJobStore
 
 if TYPE_CHECKING:
