@@ -308,6 +308,12 @@ async def _serve(args: argparse.Namespace) -> None:
             file=sys.stderr,
             flush=True,
         )
+    elif sys.stdin.isatty():  # `mmaudio-mcp serve` typed at a terminal: say why nothing happens
+        print(
+            "mmaudio-mcp: serving MCP over stdio, waiting for a host's messages on stdin; Ctrl+D stops it.",
+            file=sys.stderr,
+            flush=True,
+        )
     async with gateway(args, settings) as (settings, policy):
         await serve(build_server(settings, policy=policy), transport, exposure)
 

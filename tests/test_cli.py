@@ -392,3 +392,23 @@ async def test_status_takes_a_unique_prefix_and_refuses_an_ambiguous_one(tmp_pat
         with pytest.raises(InvalidArgumentError, match="matches 2 jobs"):
             await full_request_id(jobs, "mmaudio-v2")
         assert await full_request_id(jobs, "nothing-like-it") == "nothing-like-it"
+
+
+def test_serve_typed_at_a_terminal_says_it_waits_for_a_host_and_ctrl_d_stops_it(tmp_path: Path) -> None:
+    """`mmaudio-mcp serve` with a terminal on stdin says why nothing happens and how to stop; Ctrl+D ends it."""
+    import pty
+
+    main_fd, child_fd = pty.openpty()
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "MMAUDIO_STATE_DIR": str(tmp_path / "s")}
+    command = [sys.executable, "-m", "mmaudio_mcp", "serve", "--sandbox"]
+    try:
+        with subprocess.Popen(command, stdin=child_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as p:
+            assert p.stderr is not None
+            first = p.stderr.readline().decode()
+            os.write(main_fd, b"\x04")  # Ctrl+D
+            _out, err = p.communicate(timeout=30)
+    finally:
+        os.close(main_fd)
+        os.close(child_fd)
+    assert "waiting for a host" in first and "Ctrl+D" in first
+    assert p.returncode == 0, err.decode()
