@@ -210,8 +210,9 @@ async def warm_up(client: Client) -> None:
 
 
 def server_env(tmp: Path, gateway_url: str) -> dict[str, str]:
-    """What a host would pass: PATH, a HOME of its own, the key, the gateway and temp folders. Nothing else."""
-    return server_env_for(tmp, gateway_url, WAIT_SECONDS)
+    """What a host would pass: PATH, a HOME of its own, the key, the gateway and temp folders, and the spending guard
+    off (the sandbox bills nothing; 200 jobs in one go would pass its default hourly cap)."""
+    return server_env_for(tmp, gateway_url, WAIT_SECONDS) | {"MMAUDIO_SPEND_CAP": "0"}
 
 
 async def _server_pid(sandbox_pid: int) -> int:
