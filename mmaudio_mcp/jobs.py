@@ -56,6 +56,10 @@ if TYPE_CHECKING:
     ProgressCallback = Callable[[float, float | None, str], Awaitable[None]]
     Listen = Callable[[Callable[[str], None]], Awaitable[None]]
 
+POKE: Final = "poll:"
+"""How a job-change message asks the lease holder to poll now (mmaudio_mcp.pgstore.POKE; that module is only
+imported when PostgreSQL is used)."""
+
 logger = logging.getLogger(__name__)
 
 HISTORY_SIZE: Final = 50
@@ -152,9 +156,12 @@ class JobService:
         except MmaudioError as exc:  # a StoreError: the followers still re-read every tick
             logger.warning("no wake-ups from other replicas: %s", exc.message)
 
-    def _changed_elsewhere(self, request_id: str) -> None:
-        if not self._leases.holds(request_id):  # our own poller's writes need no wake-up (it would poll again)
-            self._pollers.nudge(request_id)
+    def _changed_elsewhere(self, message: str) -> None:
+        if message.startswith(POKE):  # a webhook reached another replica: the holder polls now
+            if self._leases.holds(request_id := message.removeprefix(POKE)):
+                self._pollers.nudge(request_id)
+        elif not self._leases.holds(message):  # our own poller's writes need no wake-up (it would poll again)
+            self._pollers.nudge(message)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -364,6 +371,9 @@ class JobService:
             return False
         if not record.status.is_terminal:
             self._pollers.wake(record)
+            poke = getattr(self._store, "poke", None)
+            if poke is not None and record.request_id and not self._leases.holds(record.request_id):
+                await poke(record.request_id)  # the replica polling it may be another one
         return True
 
     async def unfinished(self, caller: Caller = SERVER) -> list[JobRecord]:

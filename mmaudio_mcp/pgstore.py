@@ -41,6 +41,8 @@ _T = TypeVar("_T")
 
 SCHEMA_VERSION: Final = 1
 CHANNEL: Final = "mmaudio_jobs"
+POKE: Final = "poll:"
+"""A notification that asks the lease holder to poll now, before the request_id (a plain one says: row changed)."""
 _LOCK_KEY: Final = 0x6D6D_6175_6469_6F  # the advisory lock that serializes migrations ("mmaudio")
 _MIGRATIONS: Final[dict[int, str]] = {
     1: """
@@ -204,6 +206,10 @@ class PostgresJobStore:
                 raise self._error(exc) from exc
             self._listener = conn
 
+    async def poke(self, request_id: str) -> None:
+        """Ask whichever replica holds this job's lease to poll it now (a webhook reached another replica)."""
+        await self._with(lambda conn: conn.execute("SELECT pg_notify($1, $2)", CHANNEL, POKE + request_id))
+
     async def aclose(self) -> None:
         async with self._lock:
             self._closed = True
@@ -326,4 +332,4 @@ async def _migrate(conn: _Conn, where: str) -> None:
         )
 
 
-__all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresJobStore", "redacted"]
+__all__ = ["CHANNEL", "POKE", "SCHEMA_VERSION", "PostgresJobStore", "redacted"]
