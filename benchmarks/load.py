@@ -31,6 +31,15 @@ Overhead of a successful `generate_audio` = its wall time in the client minus th
 job finished, the media download and check, the store writes, and MCP over HTTP both ways.
 
 Run from the repo root: `.venv/bin/python benchmarks/load.py` (`--quick`: 5 clients for 8 s).
+
+Replicas mode (`--replicas 2`): Debian's PostgreSQL (started in a temp folder, unix socket only) holds the jobs;
+the servers are N replicas (`MMAUDIO_DATABASE_URL`, hence stateless HTTP; `MMAUDIO_LEASE_SECONDS` = `--lease`;
+one output folder, as a shared volume would be) behind Debian's nginx round-robin, which the clients connect to.
+Halfway through the load, replica 0 is killed with SIGKILL and started again `--restart-after` s later. The audit
+reads the PostgreSQL rows; "duplicate submits" counts submits beyond one per generate_audio call, and media fetched
+more than once per job is reported as before. RSS and CPU are the surviving replica's (replica 1). A submit whose
+answer was on its way when replica 0 died leaves a SUBMITTING row without a request_id ("may have been billed"):
+the audit counts its sandbox job as lost, since nothing can resume it (Pixazo has no way to list one's jobs).
 """
 
 from __future__ import annotations
@@ -462,6 +471,142 @@ async def run_load(args: argparse.Namespace, server_log: IO[bytes], sandbox_log:
     )
 
 
+# --- replicas mode ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Replicas:
+    """N replica processes (argv per port, one environment each) that can be killed and started again."""
+
+    argvs: list[list[str]]
+    envs: list[dict[str, str]]
+    log: IO[bytes]
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list[subprocess.Popen[bytes]])
+    events: list[str] = field(default_factory=list[str])
+
+    async def start(self, index: int) -> None:
+        process = subprocess.Popen(  # noqa: ASYNC220
+            self.argvs[index],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=self.log,
+            env=self.envs[index],
+            cwd=ROOT,
+        )
+        if index < len(self.processes):
+            self.processes[index] = process
+        else:
+            self.processes.append(process)
+        await wait_healthy(f"http://127.0.0.1:{self.argvs[index][-1]}", process)
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+
+
+async def kill_and_restart(run: Run, replicas: Replicas, restart_after: float) -> None:
+    """Halfway through the load, SIGKILL replica 0, then start it again."""
+    await run.go.wait()
+    await anyio.sleep(run.seconds / 2)
+    replicas.processes[0].kill()
+    replicas.processes[0].wait(timeout=10)
+    killed = time.perf_counter() - run.started_at
+    replicas.events.append(f"replica 0 SIGKILLed at {killed:.1f} s")
+    await anyio.sleep(restart_after)
+    started = time.perf_counter()
+    await replicas.start(0)
+    replicas.events.append(
+        f"replica 0 started again at {started - run.started_at:.1f} s, "
+        f"healthy {time.perf_counter() - started:.1f} s later"
+    )
+
+
+async def audit_postgres(url: str, sandbox_jobs: dict[str, Any], client_rids: set[str]) -> dict[str, Any]:
+    """The same audit as `audit`, on the replicas' PostgreSQL rows (copied into a temporary SQLite table)."""
+    import asyncpg  # pyright: ignore[reportMissingTypeStubs]
+
+    conn = await asyncpg.connect(url)
+    try:
+        fetched = await conn.fetch("SELECT request_id, status, record::text FROM mmaudio_jobs")
+    finally:
+        await conn.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "copy.sqlite3"
+        copy = sqlite3.connect(path)
+        copy.execute("CREATE TABLE jobs (request_id TEXT, status TEXT, record TEXT)")
+        copy.executemany("INSERT INTO jobs VALUES (?, ?, ?)", [tuple(row) for row in fetched])
+        copy.commit()
+        copy.close()
+        return audit(path, sandbox_jobs, client_rids)
+
+
+async def run_replicas(args: argparse.Namespace, server_log: IO[bytes], sandbox_log: IO[bytes]) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    from tests.services import start_nginx, start_postgres
+
+    run = Run(args.clients, args.seconds, args.fault_rate)
+    token = secrets.token_urlsafe(24)
+    sandbox_port = free_port()
+    sandbox_argv = [sys.executable, "-m", "mmaudio_mcp", "sandbox", "--port", str(sandbox_port)]
+    sandbox_argv += ["--speed", str(args.speed)]
+    ports = [free_port() for _ in range(args.replicas)]
+    base_argv = [sys.executable, "-m", "mmaudio_mcp", "serve", "--transport", "streamable-http", "--port"]
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-load-") as tmp,
+        start_postgres() as postgres,
+        start_nginx(ports) as nginx_port,
+    ):
+        database = postgres.database("load")
+        url = f"http://127.0.0.1:{nginx_port}/mcp"
+        async with sandbox_process(sandbox_argv, sandbox_port, stderr=sandbox_log) as sandbox:
+            envs = []
+            for n in range(args.replicas):
+                (Path(tmp) / f"r{n}" / "home").mkdir(parents=True)
+                env = server_env(Path(tmp) / f"r{n}", sandbox.url, token)
+                env |= {"MMAUDIO_DATABASE_URL": database, "MMAUDIO_LEASE_SECONDS": str(args.lease)}
+                env |= {"MMAUDIO_OUTPUT_DIR": str(Path(tmp) / "out")}
+                envs.append(env)
+            replicas = Replicas([[*base_argv, str(port)] for port in ports], envs, server_log)
+            try:
+                for n in range(args.replicas):
+                    await replicas.start(n)
+                pid = replicas.processes[-1].pid
+                rss_idle, threads_idle = rss_and_threads(pid)
+                await warm_up(url, token, args.mode)
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(kill_and_restart, run, replicas, args.restart_after)
+                    figures = await drive(run, args, url, token, sandbox, pid)
+                stats = await sandbox.stats()
+                stops = [sigterm(process, args.stop_timeout) for process in replicas.processes]
+            finally:
+                replicas.stop_all()
+        db = await audit_postgres(database, stats["jobs"], {c.request_id for c in run.calls if c.request_id})
+    report = summarize(run, stats, db)
+    # Billed jobs beyond one per generate_audio call (+1: the warm-up). Submits refused with 429/402 and retried are
+    # not jobs, so they are not counted.
+    report["duplicate_submits"] = max(len(stats["jobs"]) - run.generates_started - 1, 0)
+    return (
+        report
+        | figures
+        | {
+            "replicas": args.replicas,
+            "lease_seconds": args.lease,
+            "replica_events": replicas.events,
+            "argv": {"sandbox": sandbox_argv, "server": replicas.argvs},
+            "server_env_names": sorted(envs[0]),
+            "rss_idle_mib": rss_idle,
+            "threads_idle": threads_idle,
+            "rss_peak_mib": max(run.rss_mib, default=float("nan")),
+            "threads_peak": max(run.threads, default=0),
+            "sigterm": asdict(stops[-1]) | {"store_closed": True},
+            "sigterm_all": [asdict(stop) for stop in stops],
+            "raw_rss_mib": run.rss_mib,
+        }
+    )
+
+
 def _spread(values: list[float]) -> dict[str, float]:
     return {
         "n": len(values),
@@ -672,8 +817,14 @@ async def amain(args: argparse.Namespace, server_log: IO[bytes], sandbox_log: IO
         f"faults at {args.fault_rate:.0%} of generate calls; logs: {args.log_dir}"
     )
     with anyio.fail_after(args.seconds + args.timeout_margin):
-        report = await run_load(args, server_log, sandbox_log)
+        if args.replicas:
+            report = await run_replicas(args, server_log, sandbox_log)
+        else:
+            report = await run_load(args, server_log, sandbox_log)
     print(render(report))
+    if args.replicas:
+        print(f"replicas: {args.replicas} behind nginx, lease {args.lease:g} s; " + "; ".join(report["replica_events"]))
+        print(f"duplicate submits (billed jobs beyond one per generate call): {report['duplicate_submits']}")
     lost, exceptions = report["audit"]["lost"], sum(report["exceptions"].values())
     stop = report["sigterm"]
     print(
@@ -686,7 +837,10 @@ async def amain(args: argparse.Namespace, server_log: IO[bytes], sandbox_log: IO
             print(f"  {kind}: {text[:160]}")
     print(f"finished in {clock.seconds():.1f} s")
     print(f"command: {command_line()}")
-    write_results("load", {"command": command_line(), "args": vars(args), "machine": facts, **report})
+    write_results(
+        "load-replicas" if args.replicas else "load",
+        {"command": command_line(), "args": vars(args), "machine": facts, **report},
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -706,6 +860,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--stop-timeout", type=float, default=20.0, help="SIGTERM grace before SIGKILL (s)")
     parser.add_argument("--timeout-margin", type=float, default=120.0, help="hard limit = seconds + this")
     parser.add_argument("--log-dir", default=tempfile.gettempdir(), help="children's stderr: bench-load-*.log")
+    parser.add_argument(
+        "--replicas", type=int, default=0, help="N replicas on PostgreSQL behind nginx, one killed halfway (0: off)"
+    )
+    parser.add_argument("--lease", type=float, default=5.0, help="replicas mode: MMAUDIO_LEASE_SECONDS (default 5)")
+    parser.add_argument("--restart-after", type=float, default=3.0, help="replicas mode: seconds dead (default 3)")
     args = parser.parse_args()
     if args.quick:
         args.clients, args.seconds = 5, 8.0
@@ -740,7 +899,7 @@ def main() -> None:
     )
     for line in log["samples"]:
         print(f"  {line}")
-    results = RESULTS_DIR / "load.json"
+    results = RESULTS_DIR / ("load-replicas.json" if args.replicas else "load.json")
     results.write_text(json.dumps(json.loads(results.read_text()) | {"server_log": log}, indent=2) + "\n")
 
 
