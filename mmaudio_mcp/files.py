@@ -148,6 +148,16 @@ class JobFiles:
         key = self._objects.key(record.request_id, path.name)
         return await self._objects.fetch(key, path, record.file.sha256)
 
+    async def presigned(self, record: JobRecord) -> str | None:
+        """A time-limited URL of the job's stored audio for remote clients, when object storage signs them."""
+        if self._objects is None or record.file is None or record.request_id is None:
+            return None
+        try:
+            return await self._objects.presigned(self._objects.key(record.request_id, Path(record.file.path).name))
+        except MmaudioError as exc:  # the result is still useful without it
+            logger.warning("no presigned URL for %s: %s", record.request_id, exc.message)
+            return None
+
     async def _download_and_record(self, record: JobRecord) -> JobRecord:
         try:
             file = await self._fetch(record)

@@ -305,6 +305,11 @@ class AudioJob(BaseModel):
     downloading: bool = Field(
         default=False, description="The audio is being downloaded in the background; ask again in a few seconds."
     )
+    audio_url: str | None = Field(
+        default=None,
+        description="A time-limited URL of the audio in the team's object storage (servers run as replicas with "
+        "MMAUDIO_PRESIGN_SECONDS): the server's file path means nothing on another machine.",
+    )
     reattached: bool = Field(
         default=False,
         description="This call joined the job an identical earlier call started, whose result never reached you "

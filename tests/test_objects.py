@@ -42,10 +42,16 @@ def aws(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 
 
 async def test_a_replica_without_the_file_serves_it_from_object_storage(
-    aws: S3Server, settings: Settings, transport: httpx2.ASGITransport, sandbox: Sandbox
+    aws: S3Server,
+    settings: Settings,
+    transport: httpx2.ASGITransport,
+    sandbox: Sandbox,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Replica A downloads the job once and stores it; replica B (same job store, its disk empty) serves the same
-    bytes from the bucket, and Pixazo's media is fetched once in all."""
+    bytes from the bucket, and Pixazo's media is fetched once in all. Results carry a presigned URL of the audio
+    (MMAUDIO_PRESIGN_SECONDS) that a remote client can download."""
+    monkeypatch.setenv("MMAUDIO_PRESIGN_SECONDS", "300")
 
     async with open_job_service(
         api_key=settings.api_key,
@@ -75,6 +81,9 @@ async def test_a_replica_without_the_file_serves_it_from_object_storage(
     assert audio == original
     assert hashlib.sha256(audio).hexdigest() == done.file.sha256
     assert sandbox.stats().media_fetches[job.request_id] == 1
+    assert done.audio_url is not None
+    async with httpx2.AsyncClient() as http:
+        assert (await http.get(done.audio_url)).content == original
 
 
 async def test_writes_are_create_only_and_reads_are_checked(aws: S3Server, tmp_path: Path) -> None:
