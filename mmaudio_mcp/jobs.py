@@ -272,20 +272,6 @@ class JobService:
         """Where calls, paid submits and tasks are recorded (None for a store without one)."""
         return self._ledger
 
-    async def peek(self, request_id: str, caller: Caller = SERVER) -> tuple[AudioJob, str]:
-        """The caller's job as stored (no network call), and where it is in the words progress notifications use."""
-        record = await self._store.get(request_id)
-        if record is None or record.owner != caller.owner:
-            raise unknown_job(request_id)
-        elapsed = elapsed_seconds(record)
-        words = progress_message(record.status, elapsed, self._expected(record), heard=record.polled_at is not None)
-        return self.view(record), words
-
-    @property
-    def ledger(self) -> Ledger | None:
-        """Where calls, paid submits and tasks are recorded (None for a store without one)."""
-        return self._ledger
-
     async def spent(self, caller: Caller = SERVER) -> Spent:
         """The caller's paid submits in the spending guard's current window."""
         if self._ledger is None:
@@ -309,8 +295,7 @@ class JobService:
                 record = await self._pollers.wait(record, wait_seconds, progress)
             else:
                 record = await self._step(record)
-        record = await self._finish(record, deadline)
-        return self.view(record).model_copy(update={"audio_url": await self._files.presigned(record)})
+        return self.view(await self._finish(record, deadline))
 
     async def _finish(self, record: JobRecord, deadline: float) -> JobRecord:
         """Wait for a completed job's audio until the call's deadline (plus a grace of DOWNLOAD_GRACE seconds);
@@ -352,7 +337,7 @@ class JobService:
             record, file = await self._files.variant(record, options)
         if filename is not None or destination is not None:
             file = await self._files.place(file, destination, filename, overwrite=overwrite)
-        return self.view(record).model_copy(update={"file": file, "audio_url": await self._files.presigned(record)})
+        return self.view(record).model_copy(update={"file": file})
 
     async def read_audio(self, request_id: str, *, caller: Caller = SERVER) -> bytes:
         """Return the WAV bytes of a finished job, downloading them first if needed."""
