@@ -295,7 +295,8 @@ class JobService:
                 record = await self._pollers.wait(record, wait_seconds, progress)
             else:
                 record = await self._step(record)
-        return self.view(await self._finish(record, deadline))
+        record = await self._finish(record, deadline)
+        return self.view(record).model_copy(update={"audio_url": await self._files.presigned(record)})
 
     async def _finish(self, record: JobRecord, deadline: float) -> JobRecord:
         """Wait for a completed job's audio until the call's deadline (plus a grace of DOWNLOAD_GRACE seconds);
@@ -337,7 +338,7 @@ class JobService:
             record, file = await self._files.variant(record, options)
         if filename is not None or destination is not None:
             file = await self._files.place(file, destination, filename, overwrite=overwrite)
-        return self.view(record).model_copy(update={"file": file})
+        return self.view(record).model_copy(update={"file": file, "audio_url": await self._files.presigned(record)})
 
     async def read_audio(self, request_id: str, *, caller: Caller = SERVER) -> bytes:
         """Return the WAV bytes of a finished job, downloading them first if needed."""
