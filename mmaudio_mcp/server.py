@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -9,7 +10,7 @@ import re
 import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Annotated, Any, Final
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
@@ -22,6 +23,7 @@ from mcp.server.apps import Apps, ResourceCsp
 from mcp.server.context import ServerRequestContext  # noqa: TC002 (handler signatures)
 from mcp.server.mcpserver import Context  # noqa: TC002 (the SDK reads tool annotations at runtime)
 from mcp.server.mcpserver.exceptions import ResourceError
+from mcp.server.mcpserver.resolve import ListRoots, Resolve
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.session import ServerSession  # noqa: TC002
 from mcp.types import (
@@ -29,6 +31,7 @@ from mcp.types import (
     EmptyResult,
     GetPromptResult,
     InputRequiredResult,
+    ListRootsResult,
     SetLevelRequestParams,
     ToolAnnotations,
 )
@@ -37,6 +40,7 @@ from starlette.requests import Request  # noqa: TC002 (route signatures are read
 from starlette.responses import JSONResponse, Response
 
 from mmaudio_mcp import __version__, prompts
+from mmaudio_mcp.errors import InvalidArgumentError
 from mmaudio_mcp.files import variant_path
 from mmaudio_mcp.jobs import Caller, JobService, Limits, open_job_service
 from mmaudio_mcp.models import (
@@ -79,7 +83,7 @@ from mmaudio_mcp.results import (
     with_inline_audio,
     with_player,
 )
-from mmaudio_mcp.tasks import MODERN, TaskRunner, TasksExtension, task_request
+from mmaudio_mcp.tasks import MODERN, MODERN_PROTOCOL_VERSIONS, TaskRunner, TasksExtension, task_request
 from mmaudio_mcp.wire_errors import (
     NotFoundError,
     prompt_error,
@@ -90,7 +94,7 @@ from mmaudio_mcp.wire_errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 
     import httpx2
     from mcp.server.lowlevel.helper_types import ReadResourceContents
@@ -184,7 +188,7 @@ def build_server(
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         log_level="WARNING",
-        tools=_tools(settings.wait_seconds, levels, previews),
+        tools=_tools(settings.wait_seconds, levels, previews, settings.allowed_dirs),
         extensions=[_player_app(), TasksExtension(lambda: live.state.tasks if live.state else None, _caller, _as_task)],
     )
     _add_resources(server, live, previews)
@@ -257,8 +261,11 @@ def _add_logging(server: MCPServer[AppState], levels: WeakKeyDictionary[Any, str
     server._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, set_level)  # pyright: ignore[reportPrivateUsage]
 
 
-def _tools(default_wait: float, levels: WeakKeyDictionary[Any, str], previews: Path) -> list[Tool]:
-    """The three tools; `previews` is the folder for the compressed previews their results link to."""
+def _tools(
+    default_wait: float, levels: WeakKeyDictionary[Any, str], previews: Path, allowed_dirs: Sequence[Path] = ()
+) -> list[Tool]:
+    """The three tools; `previews` is the folder for the compressed previews their results link to; `allowed_dirs`
+    (MMAUDIO_ALLOWED_DIRS) where an absolute `folder` may point when the client offers no roots."""
 
     async def generate_audio(
         ctx: Context[AppState],
@@ -270,6 +277,7 @@ def _tools(default_wait: float, levels: WeakKeyDictionary[Any, str], previews: P
         mask_away_clip: MaskAwayClip = False,
         wait_seconds: WaitSeconds = default_wait,
         folder: Folder = None,
+        workspace: Annotated[ListRootsResult | None, Resolve(_ask_roots)] = None,
     ) -> Annotated[CallToolResult, AudioJob]:
         """Generate a sound effect, ambience or music clip from text (MMAudio v2) as a WAV file.
 
@@ -286,7 +294,7 @@ def _tools(default_wait: float, levels: WeakKeyDictionary[Any, str], previews: P
                 mask_away_clip=mask_away_clip,
             )
             jobs, caller = await _jobs_for(ctx)
-            destination = await _destination(ctx, jobs, folder)
+            destination = await _destination(ctx, jobs, folder, workspace, allowed_dirs)
             if (pending := task_request()) is not None and (runner := ctx.request_context.lifespan_context.tasks):
                 async with jobs.attempt(params, caller, folder) as attempt:  # the task handle is this call's answer
                     job = await jobs.generate(params, wait_seconds=0, caller=caller, attempt=attempt)
@@ -339,6 +347,7 @@ def _tools(default_wait: float, levels: WeakKeyDictionary[Any, str], previews: P
         fade_ms: FadeMs = 0,
         loop: Loop = False,
         include_audio: Annotated[bool, Field(description="Also inline the audio if under ~600 KB.")] = False,
+        workspace: Annotated[ListRootsResult | None, Resolve(_ask_roots)] = None,
     ) -> Annotated[CallToolResult, AudioJob]:
         """Save a finished job's audio into the project, converted, normalized, trimmed, faded or looped as asked.
 
@@ -356,7 +365,7 @@ def _tools(default_wait: float, levels: WeakKeyDictionary[Any, str], previews: P
             )
         with tool_errors():
             jobs, caller = await _jobs_for(ctx)
-            destination = await _destination(ctx, jobs, folder)
+            destination = await _destination(ctx, jobs, folder, workspace, allowed_dirs)
             job = await jobs.download(
                 request_id,
                 filename=filename,
@@ -585,11 +594,53 @@ async def _caller(ctx: ServerRequestContext[Any, Any]) -> Caller:
     return await state.jobs.caller(headers.get(CLIENT_KEY_HEADER))
 
 
-async def _destination(ctx: Context[AppState], jobs: JobService, folder: str | None) -> Destination | None:
-    """Where `folder` points: inside the client's workspace roots (asked only when a folder is given)."""
+def _ask_roots(ctx: Context[AppState], folder: str | None = None) -> ListRoots | ListRootsResult:
+    """On 2026-07-28 a server cannot send a request mid-call: when a folder is given and the request declares the
+    roots capability, the SDK's multi-round-trip resolver asks for them (the call is answered with an input request
+    for roots/list and retried with the answer). Older versions are asked mid-call by `_client_roots`."""
+    capabilities = ctx.client_capabilities
+    if folder is None or ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+        return ListRootsResult(roots=[])
+    if capabilities is None or capabilities.roots is None:
+        return ListRootsResult(roots=[])
+    return ListRoots()
+
+
+async def _destination(
+    ctx: Context[AppState],
+    jobs: JobService,
+    folder: str | None,
+    workspace: ListRootsResult | None = None,
+    allowed_dirs: Sequence[Path] = (),
+) -> Destination | None:
+    """Where `folder` points: inside the client's workspace roots (asked only when a folder is given); without
+    roots, an absolute folder may lie inside MMAUDIO_ALLOWED_DIRS; anything else inside the output folder. Symlinks
+    are resolved before every check."""
     if folder is None:
         return None
-    return resolve_destination(folder, await _client_roots(ctx), jobs.output_dir)
+    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        roots = _file_roots([str(root.uri) for root in workspace.roots] if workspace else [])
+    else:
+        roots = await _client_roots(ctx)
+    if roots:
+        return resolve_destination(folder, roots, jobs.output_dir)
+    if allowed_dirs and (folder.startswith("~") or PurePath(folder).is_absolute()):
+        with contextlib.suppress(InvalidArgumentError):
+            return resolve_destination(folder, allowed_dirs, jobs.output_dir)
+    try:
+        return resolve_destination(folder, [], jobs.output_dir)
+    except InvalidArgumentError as exc:
+        if not allowed_dirs:
+            raise
+        where = ", ".join(str(path) for path in allowed_dirs)
+        raise InvalidArgumentError(
+            f"The folder {folder[:200]!r} is outside the output folder ({jobs.output_dir}) and the allowed folders "
+            f"(MMAUDIO_ALLOWED_DIRS: {where}); use a folder inside one of them."
+        ) from exc
+
+
+def _file_roots(uris: list[str]) -> list[Path]:
+    return [Path(url2pathname(urlsplit(uri).path)) for uri in uris if uri.startswith("file:")]
 
 
 async def _client_roots(ctx: Context[AppState]) -> list[Path]:
@@ -605,8 +656,7 @@ async def _client_roots(ctx: Context[AppState]) -> list[Path]:
                 listed = await ctx.session.list_roots()  # pyright: ignore[reportDeprecated] (see above)
         except (MCPError, TimeoutError):
             return []
-    uris = [str(root.uri) for root in listed.roots]
-    return [Path(url2pathname(urlsplit(uri).path)) for uri in uris if uri.startswith("file:")]
+    return _file_roots([str(root.uri) for root in listed.roots])
 
 
 async def _jobs_for(ctx: Context[AppState]) -> tuple[JobService, Caller]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -82,6 +83,20 @@ class Settings(BaseSettings):
     def stateless_http(self) -> bool:
         """Whether streamable HTTP runs without sessions: asked for, or implied by a shared database (replicas)."""
         return self.stateless or self.database_url is not None
+
+    allowed_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list[Path],
+        validation_alias=AliasChoices("MMAUDIO_ALLOWED_DIRS", "allowed_dirs"),
+        description="Extra folders (separated like PATH) an absolute `folder` may point into when the client offers "
+        "no workspace roots.",
+    )
+
+    @field_validator("allowed_dirs", mode="before")
+    @classmethod
+    def _split_paths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [Path(part).expanduser() for part in value.split(os.pathsep) if part.strip()]
+        return value
 
     @field_validator("api_key", "http_token", "public_url", "database_url", "storage_url", mode="before")
     @classmethod

@@ -291,6 +291,7 @@ class TasksExtension(Extension):
 
 __all__ = [
     "MODERN",
+    "MODERN_PROTOCOL_VERSIONS",
     "TASKS_EXTENSION",
     "TASK_TTL_MS",
     "TaskRequest",

@@ -74,7 +74,8 @@ async def test_what_models_read_of_the_tool_list_is_well_under_five_kilobytes(cl
     whole = json.dumps(
         [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in tools], separators=(",", ":")
     )
-    assert len(whole) < 10 * 1024, len(whole)
+    # output schemas now also carry audio_url (replicas) and reattached (a re-issued call joined its job)
+    assert len(whole) < 11 * 1024, len(whole)
     assert '"title":"Prompt"' not in whole
 
 
