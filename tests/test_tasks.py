@@ -106,7 +106,7 @@ class Wire:
             task = answer["result"]
             if task["status"] != "working":
                 return task
-            assert task["pollIntervalMs"] >= 1000
+            assert 1000 <= task["pollIntervalMs"] <= 10000
             await anyio.sleep(0.2)
 
 
@@ -259,6 +259,13 @@ async def test_over_stdio_a_task_is_created_polled_to_the_blocking_result_cancel
         plain = (await blocking.call("generate_audio", prompt="a bird call", duration=2))["result"]
         assert plain.get("resultType", "complete") == "complete"
         assert plain["structuredContent"]["status"] == "COMPLETED"
+
+        # check_status with a wait on an unfinished job is a task too
+        handle = (await blocking.call("generate_audio", prompt="wind in pines", duration=4, wait_seconds=0))["result"]
+        waiting = await wire.call("check_status", request_id=handle["structuredContent"]["request_id"], wait_seconds=30)
+        assert waiting["result"]["resultType"] == "task"
+        checked = await wire.until_done(waiting["result"]["taskId"])
+        assert checked["result"]["structuredContent"]["status"] == "COMPLETED"
 
         # a job that FAILED upstream: a completed task whose result is a tool error
         sandbox.add_fault(Fault(FaultKind.JOB_FAILED, times=1))
