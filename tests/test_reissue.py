@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import pytest
 from mcp import Client
 
+from mmaudio_mcp.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
 from mmaudio_mcp.server import build_server
+from mmaudio_mcp.transport import serve_on_loopback
 from tests.conftest import POLICY
+from tests.processes import RawSession, server_env
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import httpx2
     from mcp.types import CallToolResult
 
@@ -106,3 +113,45 @@ async def test_another_server_on_the_same_state_folder_joins_the_abandoned_job(
     assert not again.is_error, text_of(again)
     assert again.structured_content is not None and again.structured_content["reattached"] is True
     assert sandbox.stats().submits == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+async def test_across_server_processes_a_cancelled_or_killed_call_is_joined_by_the_same_call_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """Two stdio server processes on one state folder: a call cancelled on the first (notifications/cancelled), and
+    one whose server is killed mid-call (kill -9: its stream closes, nothing records the end), are each joined by the
+    same call made on the second; 2 submits for 4 calls."""
+    sandbox = create_sandbox(SandboxConfig(speed=0.2))
+    async with serve_on_loopback(sandbox.app) as gateway:
+        env = server_env(tmp_path, PIXAZO_GATEWAY_URL=gateway, PIXAZO_API_KEY=SANDBOX_API_KEY)
+        command = [sys.executable, "-m", "mmaudio_mcp"]
+        async with (
+            await anyio.open_process(command, env=env) as first,
+            await anyio.open_process(command, env=env) as second,
+        ):
+            one, two = RawSession(first), RawSession(second)
+            await one.handshake()
+            await two.handshake()
+            cancelled = {**ARGS, "prompt": "a bell rings twice"}
+            call = await one.send(
+                "tools/call", {"name": "generate_audio", "arguments": cancelled, "_meta": {"progressToken": 1}}
+            )
+            await one.until_progress()
+            await one.send("notifications/cancelled", {"requestId": call, "reason": "user stopped it"}, notify=True)
+            again = await two.send("tools/call", {"name": "generate_audio", "arguments": cancelled})
+            answer, _ = await two.until_response(again)
+            assert answer["result"]["structuredContent"]["reattached"] is True, answer
+            killed = {**ARGS, "prompt": "a glass breaks"}
+            await one.send("tools/call", {"name": "generate_audio", "arguments": killed, "_meta": {"progressToken": 2}})
+            await one.until_progress()
+            first.kill()
+            await first.wait()
+            again = await two.send("tools/call", {"name": "generate_audio", "arguments": killed})
+            answer, _ = await two.until_response(again)
+            assert answer["result"]["structuredContent"]["reattached"] is True, answer
+            assert second.stdin is not None
+            await second.stdin.aclose()
+            await second.wait()
+    assert sandbox.stats().submits == 2
