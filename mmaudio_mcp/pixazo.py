@@ -92,9 +92,9 @@ class PixazoClient:
         self._transport = transport
         self._key = api_key
         self._base_url = base_url.rstrip("/")
-        self._deadline = timeout if timeout is not None else DEFAULT_TIMEOUT.read or 30.0
+        self._deadline = 1.5 * (timeout if timeout is not None else DEFAULT_TIMEOUT.read or 30.0)
         """Overall limit of one request, body included (the HTTP timeout alone is per read: a body that drips one
-        byte at a time would never end)."""
+        byte at a time would never end). Longer than the HTTP timeout, so a plain hang is still reported as one."""
 
     @property
     def _http(self) -> httpx2.AsyncClient:

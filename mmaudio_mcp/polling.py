@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final, Self
 import anyio
 
 from mmaudio_mcp.errors import MmaudioError, NetworkError, RateLimitedError, UpstreamUnavailableError
+from mmaudio_mcp.models import JobError
 from mmaudio_mcp.schedule import fallback_poll_delay, next_poll_delay, progress_message
 
 if TYPE_CHECKING:
@@ -136,9 +137,13 @@ class Pollers:
             watch.waiters -= 1
         if watch.failure is not None:
             raise watch.failure
-        if not watch.done and watch.last_error is not None:
-            raise watch.last_error  # the wait ends on a failed poll: say what failed, as check_status would
         await self._report(watch, series)
+        if not watch.done and watch.last_error is not None:
+            # The wait ends on a failed poll: say what failed, as check_status would, but as a note on the job
+            # (still running, still paid for), never as a failure that invites generating it again.
+            failed = watch.last_error
+            note = JobError(kind=failed.kind, message=failed.message, retryable=True)
+            return watch.record.model_copy(update={"error": note})
         return watch.record
 
     def replan(self) -> None:

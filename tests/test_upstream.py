@@ -126,12 +126,15 @@ async def test_an_unknown_status_ends_the_wait_at_once_with_the_clear_error(clie
 
 
 async def test_a_wait_that_ends_on_a_failed_poll_says_what_failed(client: Client, sandbox: Sandbox) -> None:
-    """When every poll within the wait fails (a gateway answering 5xx), the call ends with that error, not with
-    a stale QUEUED and an ETA."""
+    """When every poll within the wait fails (a gateway answering 5xx), the job comes back with that failure noted
+    (retryable), not as a silent QUEUED and an ETA; and not as a failed call, which would invite paying again."""
     sandbox.add_fault(Fault(FaultKind.POLL_500))
     result = await client.call_tool("generate_audio", {"prompt": "rain", **FAST, "wait_seconds": 8})
-    assert result.is_error, text_of(result)
-    assert "HTTP 50" in text_of(result)
+    assert not result.is_error, text_of(result)
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "QUEUED"
+    error = result.structured_content["error"]
+    assert error is not None and "HTTP 50" in error["message"] and error["retryable"] is True
     rows = await listing(client)
     assert [row["status"] for row in rows] == ["QUEUED"], "the job must stay listed to resume"
 
