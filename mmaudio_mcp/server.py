@@ -83,7 +83,7 @@ from mmaudio_mcp.results import (
     with_inline_audio,
     with_player,
 )
-from mmaudio_mcp.tasks import MODERN, MODERN_PROTOCOL_VERSIONS, TaskRunner, TasksExtension, task_request
+from mmaudio_mcp.tasks import MODERN, MODERN_PROTOCOL_VERSIONS, TaskRunner, TasksExtension, listen_guard, task_request
 from mmaudio_mcp.wire_errors import (
     NotFoundError,
     prompt_error,
@@ -190,6 +190,7 @@ def build_server(
         log_level="WARNING",
         tools=_tools(settings.wait_seconds, levels, previews, settings.allowed_dirs),
         extensions=[_player_app(), TasksExtension(lambda: live.state.tasks if live.state else None, _caller, _as_task)],
+        middleware=[listen_guard],
     )
     _add_resources(server, live, previews)
     _add_routes(server, live)

@@ -205,6 +205,27 @@ class TaskRunner:
             return CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
 
 
+async def listen_guard(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    """Middleware: a `subscriptions/listen` asking for task notifications from a client that did not declare the
+    extension is refused with -32021, as the spec says. (A declaring client is acknowledged without task ids: task
+    status notifications are not offered; it polls `tasks/get`.)"""
+    if ctx.method == "subscriptions/listen" and ctx.params:
+        params: Any = ctx.params
+        notifications: Any = params.get("notifications")
+        wanted = isinstance(notifications, dict) and bool(cast("dict[str, Any]", notifications).get("taskIds"))
+        if wanted and not declares_tasks(params.get("_meta")):
+            raise _missing_capability()
+    return await call_next(ctx)
+
+
+def _missing_capability() -> MCPError:
+    return MCPError(
+        code=MISSING_CAPABILITY,
+        message="Missing required client capability",
+        data={"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}},
+    )
+
+
 class TaskIdParams(RequestParams):
     task_id: str = Field(alias="taskId", max_length=200)
 
@@ -261,11 +282,7 @@ class TasksExtension(Extension):
 
     async def _ready(self, ctx: ServerRequestContext[Any, Any]) -> tuple[TaskRunner, Caller]:
         if not declares_tasks(ctx.meta):
-            raise MCPError(
-                code=MISSING_CAPABILITY,
-                message="Missing required client capability",
-                data={"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}},
-            )
+            raise _missing_capability()
         runner = self._runner()
         if runner is None:
             raise MCPError(code=INTERNAL_ERROR, message="The server is not running.")
@@ -298,5 +315,6 @@ __all__ = [
     "TaskRunner",
     "TasksExtension",
     "declares_tasks",
+    "listen_guard",
     "task_request",
 ]

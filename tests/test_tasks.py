@@ -260,6 +260,16 @@ async def test_over_stdio_a_task_is_created_polled_to_the_blocking_result_cancel
         assert plain.get("resultType", "complete") == "complete"
         assert plain["structuredContent"]["status"] == "COMPLETED"
 
+        # task status notifications: refused (-32021) to a client without the extension; a declaring client is
+        # acknowledged without task ids (none are offered: it polls)
+        listen = {"notifications": {"taskIds": [created["taskId"]]}}
+        assert (await blocking.request("subscriptions/listen", listen))["error"]["code"] == -32021
+        await session.send("subscriptions/listen", {**listen, "_meta": wire.meta()})
+        async for message in session.messages():
+            if message.get("method") == "notifications/subscriptions/acknowledged":
+                assert not message["params"]["notifications"].get("taskIds")
+                break
+
         # check_status with a wait on an unfinished job is a task too
         handle = (await blocking.call("generate_audio", prompt="wind in pines", duration=4, wait_seconds=0))["result"]
         waiting = await wire.call("check_status", request_id=handle["structuredContent"]["request_id"], wait_seconds=30)
