@@ -619,10 +619,13 @@ async def open_job_service(
     limits = limits or Limits()
     client = PixazoClient(None, api_key, gateway_url, transport=http_transport, timeout=limits.http_timeout)
     store: JobStore
+    ledger: Ledger | None = None  # SQLite: the service keeps its ledger beside the jobs itself
     if database_url:
-        from mmaudio_mcp.pgstore import PostgresJobStore  # replicas only: stdio never loads the driver
+        from mmaudio_mcp.pgledger import PostgresLedger  # replicas only: stdio never loads the driver
+        from mmaudio_mcp.pgstore import PostgresJobStore
 
         store = PostgresJobStore(database_url)
+        ledger = PostgresLedger(store)
     else:
         store = SqliteJobStore.in_folder(state_dir)
     try:
@@ -636,6 +639,7 @@ async def open_job_service(
             lease_seconds=lease_seconds,
             spend_cap=spend_cap,
             objects=ObjectStorage(storage_url) if storage_url else None,
+            ledger=ledger,
         )
         async with service:
             yield service

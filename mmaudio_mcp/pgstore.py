@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 CHANNEL: Final = "mmaudio_jobs"
 POKE: Final = "poll:"
 """A notification that asks the lease holder to poll now, before the request_id (a plain one says: row changed)."""
@@ -60,6 +60,37 @@ _MIGRATIONS: Final[dict[int, str]] = {
     CREATE INDEX IF NOT EXISTS mmaudio_jobs_created ON mmaudio_jobs (created_at);
     CREATE INDEX IF NOT EXISTS mmaudio_jobs_status ON mmaudio_jobs (status);
     CREATE INDEX IF NOT EXISTS mmaudio_jobs_lease ON mmaudio_jobs (lease_owner);
+    """,
+    2: """
+    CREATE TABLE IF NOT EXISTS mmaudio_calls (
+        call_id     text PRIMARY KEY,
+        fingerprint text NOT NULL,
+        request_id  text,
+        holder      text NOT NULL,
+        state       text NOT NULL,
+        started     double precision NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS mmaudio_calls_fingerprint ON mmaudio_calls (fingerprint, started);
+    CREATE INDEX IF NOT EXISTS mmaudio_calls_request ON mmaudio_calls (request_id);
+    CREATE TABLE IF NOT EXISTS mmaudio_spend (
+        local_id text PRIMARY KEY,
+        owner    text NOT NULL,
+        at       double precision NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS mmaudio_spend_owner ON mmaudio_spend (owner, at);
+    CREATE TABLE IF NOT EXISTS mmaudio_tasks (
+        task_id    text PRIMARY KEY,
+        owner      text NOT NULL,
+        tool       text NOT NULL,
+        request_id text NOT NULL,
+        extra      text NOT NULL,
+        created    double precision NOT NULL,
+        updated    double precision NOT NULL,
+        ttl_ms     bigint,
+        status     text NOT NULL,
+        message    text,
+        outcome    text
+    );
     """,
 }
 """Schema changes by the version they lead to; each runs once, in order, in one transaction."""
@@ -209,6 +240,10 @@ class PostgresJobStore:
     async def poke(self, request_id: str) -> None:
         """Ask whichever replica holds this job's lease to poll it now (a webhook reached another replica)."""
         await self._with(lambda conn: conn.execute("SELECT pg_notify($1, $2)", CHANNEL, POKE + request_id))
+
+    async def run(self, work: Callable[[_Conn], Awaitable[_T]]) -> _T:
+        """Run `work(connection)` on a pooled connection (the ledger's tables live beside the jobs)."""
+        return await self._with(work)
 
     async def aclose(self) -> None:
         async with self._lock:

@@ -286,7 +286,7 @@ async def test_the_schema_is_versioned_and_a_newer_one_refused(postgres: Postgre
     for store in together:
         await store.aclose()
     conn = await asyncpg.connect(url)  # pyright: ignore[reportUnknownMemberType]
-    assert await conn.fetchval("SELECT value FROM mmaudio_meta WHERE name = 'schema_version'") == "1"
+    assert await conn.fetchval("SELECT value FROM mmaudio_meta WHERE name = 'schema_version'") == "2"
     await conn.execute("UPDATE mmaudio_meta SET value = '99' WHERE name = 'schema_version'")
     await conn.close()
     with pytest.raises(RuntimeError, match="newer mmaudio-mcp"):
