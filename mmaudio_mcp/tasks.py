@@ -49,6 +49,8 @@ MODERN: Final = MODERN_PROTOCOL_VERSIONS[-1]
 MISSING_CAPABILITY: Final = -32021
 TASK_TTL_MS: Final = 24 * 3600 * 1000
 """How long a task is kept after it was created (the job itself stays in the store, by request_id, for good)."""
+RETRY_SECONDS: Final = 5.0
+"""After a failed poll or download that may pass (network, 5xx, 429), a task's worker tries again this much later."""
 CHUNK_WAIT: Final = 60.0
 """A task's worker waits for its job this long per round, re-reading the task between rounds (cancel, expiry)."""
 
@@ -178,7 +180,14 @@ class TaskRunner:
                 current = await self._ledger.get_task(row.task_id)
                 if current is None or current.status != "working" or current.expired:
                     return
-                job = await self._jobs.check(row.request_id, wait_seconds=CHUNK_WAIT, caller=caller)
+                try:
+                    job = await self._jobs.check(row.request_id, wait_seconds=CHUNK_WAIT, caller=caller)
+                except MmaudioError as exc:
+                    if not exc.retryable:
+                        raise
+                    logger.info("task %s: %s; trying again", row.task_id[:8], exc.message)
+                    await anyio.sleep(RETRY_SECONDS)  # a task outlives a failed poll: it has a day, not one call
+                    continue
                 if job.status.is_terminal and not job.downloading:
                     break
             result = await self._final(current, caller)
