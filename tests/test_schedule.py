@@ -97,3 +97,33 @@ def test_progress_messages_read_naturally() -> None:
     """The message says the status, time so far and time left."""
     assert progress_message(JobStatus.PROCESSING, 12.0, 20.0) == "PROCESSING, 12 s elapsed, about 8 s left"
     assert progress_message(JobStatus.PROCESSING, 25.0, 20.0) == "PROCESSING, 25 s elapsed, should finish any moment"
+
+
+async def test_what_one_job_teaches_reaches_the_pollers_of_the_others_at_once() -> None:
+    """Pollers.replan: a job expected to take an hour is polled right after the estimate drops below its elapsed
+    time (the first of a batch to finish tells the rest), not at the hour. (The liveness bound is far below the
+    hour the poller would otherwise sleep.)"""
+    import anyio
+
+    from mmaudio_mcp.polling import Pollers
+
+    expected = {"value": 3600.0}
+    polled = anyio.Event()
+
+    async def step(record: JobRecord) -> JobRecord:
+        polled.set()
+        return record.model_copy(update={"status": JobStatus.COMPLETED})
+
+    now = datetime.now(UTC)
+    job = JobRecord(
+        local_id="l", request_id="due", status=JobStatus.QUEUED, created_at=now, updated_at=now, submitted_at=now
+    )
+    policy = PollPolicy(first_poll_cap=3600.0)
+    async with Pollers(step, lambda _record: expected["value"], policy) as pollers, anyio.create_task_group() as tasks:
+        tasks.start_soon(pollers.wait, job, 3600, None)
+        await anyio.sleep(0.2)
+        expected["value"] = 0.1  # something finished: jobs like this one take 0.1 s
+        with anyio.fail_after(20):
+            pollers.replan()
+            await polled.wait()
+        tasks.cancel_scope.cancel()
