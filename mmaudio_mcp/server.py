@@ -25,6 +25,7 @@ from mcp.server.mcpserver import Context  # noqa: TC002 (the SDK reads tool anno
 from mcp.server.mcpserver.exceptions import ResourceError
 from mcp.server.mcpserver.resolve import ListRoots, Resolve
 from mcp.server.mcpserver.tools import Tool
+from mcp.server.request_state import RequestStateSecurity
 from mcp.server.session import ServerSession  # noqa: TC002
 from mcp.types import (
     CallToolResult,
@@ -191,6 +192,7 @@ def build_server(
         tools=_tools(settings.wait_seconds, levels, previews, settings.allowed_dirs),
         extensions=[_player_app(), TasksExtension(lambda: live.state.tasks if live.state else None, _caller, _as_task)],
         middleware=[listen_guard],
+        request_state_security=_request_state_security(settings),
     )
     _add_resources(server, live, previews)
     _add_routes(server, live)
@@ -221,6 +223,19 @@ def _add_prompts(server: MCPServer[AppState]) -> None:
     server.prompt(name="ambience", title="Ambience", description="Write a good MMAudio ambience request.")(
         prompts.ambience
     )
+
+
+def _request_state_security(settings: Settings) -> RequestStateSecurity | None:
+    """Replicas share the key that seals request state (MMAUDIO_REQUEST_STATE_KEY), so a client's second round
+    trip may land on any of them; otherwise each process has its own (the SDK's default)."""
+    if settings.request_state_key is None:
+        if settings.database_url is not None:
+            logger.warning(
+                "MMAUDIO_REQUEST_STATE_KEY is not set: a 2026-07-28 client's second round trip (its roots, for "
+                "folder) fails when it reaches another replica; set the same key on every replica"
+            )
+        return None
+    return RequestStateSecurity(keys=[settings.request_state_key.get_secret_value()])
 
 
 class _Server(MCPServer[AppState]):

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MMAUDIO_STORAGE_URL", "storage_url"),
         description="s3://bucket/prefix : keep the audio in S3-compatible storage, shared by replicas ([s3] extra).",
     )
+    request_state_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MMAUDIO_REQUEST_STATE_KEY", "request_state_key"),
+        description="A secret of at least 32 characters shared by every replica: a request's sealed state (a "
+        "2026-07-28 client's roots, asked for in a second round trip) made on one replica opens on another.",
+    )
     stateless: bool = Field(
         default=False,
         validation_alias=AliasChoices("MMAUDIO_STATELESS", "stateless"),
@@ -98,10 +104,22 @@ class Settings(BaseSettings):
             return [Path(part).expanduser() for part in value.split(os.pathsep) if part.strip()]
         return value
 
-    @field_validator("api_key", "http_token", "public_url", "database_url", "storage_url", mode="before")
+    @field_validator(
+        "api_key", "http_token", "public_url", "database_url", "storage_url", "request_state_key", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("request_state_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError(
+                "MMAUDIO_REQUEST_STATE_KEY must be at least 32 characters of secret randomness (for example the "
+                'output of python -c "import secrets; print(secrets.token_hex(32))")'
+            )
+        return value
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod

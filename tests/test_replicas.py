@@ -6,6 +6,7 @@ a job's lease is taken over within the lease plus one poll."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -15,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx2
+import mcp.types as types
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from pydantic import FileUrl
 
 from mmaudio_mcp.sandbox import SANDBOX_API_KEY
 from tests.services import Postgres, free_port, start_nginx, start_postgres, wait_for_port
@@ -32,6 +35,7 @@ LEASE = 2.0
 SPEED = 0.3
 """Sandbox time factor: an 8 s / 25-step job takes about 6 s."""
 ERAS = ["legacy", "2026-07-28"]
+KEY = "k" * 16 + secrets.token_hex(16)
 
 
 @dataclass
@@ -96,6 +100,7 @@ def stack(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 "MMAUDIO_OUTPUT_DIR": str(base / "out"),  # one machine: the same disk (object storage elsewhere)
                 "MMAUDIO_STATE_DIR": str(base / f"state{n}"),
                 "MMAUDIO_LEASE_SECONDS": str(LEASE),
+                "MMAUDIO_REQUEST_STATE_KEY": KEY,
             }
             replica = Replica(f"r{n}", free_port(), env, base / f"r{n}.log")
             replica.start()
@@ -230,3 +235,25 @@ async def _wait_ignoring_errors(url: str, rid: str) -> None:
             await waiter.call_tool("check_status", {"request_id": rid, "wait_seconds": 60})
     except Exception:
         pass
+
+
+async def test_a_modern_clients_roots_round_trip_lands_on_the_other_replica(stack: Stack, tmp_path: Path) -> None:
+    """On 2026-07-28 the server asks for the client's roots by answering "input required" with sealed state, and the
+    client retries the call with its roots: through round-robin that retry reaches the other replica, which opens the
+    state with the shared MMAUDIO_REQUEST_STATE_KEY. The files land in the client's workspace."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+
+    async def roots(_: object) -> types.ListRootsResult:
+        return types.ListRootsResult(roots=[types.Root(uri=FileUrl(workspace.as_uri()))])
+
+    async with Client(
+        streamable_http_client(f"{stack.url}/mcp"), mode="2026-07-28", list_roots_callback=roots
+    ) as modern:
+        made = await modern.call_tool("generate_audio", {"prompt": "rain", "duration": 2, "wait_seconds": 30})
+        assert made.structured_content is not None
+        rid = made.structured_content["request_id"]
+        for n in range(3):
+            saved = await modern.call_tool("download_audio", {"request_id": rid, "folder": f"take{n}"})
+            assert not saved.is_error, saved.content
+    assert sorted(path.parent.name for path in workspace.glob("take*/*.wav")) == ["take0", "take1", "take2"]

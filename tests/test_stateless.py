@@ -101,3 +101,14 @@ def test_a_database_url_implies_stateless_and_sse_refuses_it(tmp_path: Path) -> 
 async def test_sse_refuses_to_run_stateless(settings: Settings) -> None:
     with pytest.raises(ConfigurationError, match="streamable-http"):
         await serve(build_server(settings), Transport.SSE, Exposure(port=0, stateless=True))
+
+
+def test_a_request_state_key_shorter_than_32_characters_is_refused(tmp_path: Path) -> None:
+    """The key that replicas share to open each other's sealed request state must be real secret material."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="at least 32 characters"):
+        Settings(_env_file=None, state_dir=tmp_path, request_state_key="short")  # pyright: ignore[reportCallIssue]
+    key = "x" * 32
+    settings = Settings(_env_file=None, state_dir=tmp_path, request_state_key=key)  # pyright: ignore[reportCallIssue]
+    assert key not in repr(settings)
