@@ -112,3 +112,17 @@ def test_a_request_state_key_shorter_than_32_characters_is_refused(tmp_path: Pat
     key = "x" * 32
     settings = Settings(_env_file=None, state_dir=tmp_path, request_state_key=key)  # pyright: ignore[reportCallIssue]
     assert key not in repr(settings)
+
+
+def test_the_embedded_default_never_loads_the_replica_drivers() -> None:
+    """stdio and one-machine servers (no database or storage URL) do not import asyncpg or obstore."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from mmaudio_mcp.server import build_server; from mmaudio_mcp.settings import Settings; "
+        "from mmaudio_mcp import cli, jobs, files; build_server(Settings(_env_file=None)); "
+        "print(sorted(m for m in ('asyncpg', 'obstore') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.strip() == "[]"
