@@ -22,7 +22,7 @@ from tests.processes import RawSession, free_port, server_env
 from tests.test_schema_versions import check as core_check
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncGenerator, AsyncIterator
 
     from mmaudio_mcp.sandbox import Sandbox
 
@@ -44,7 +44,7 @@ def schema() -> dict[str, Any]:
 def problems(definition: str, instance: Any) -> list[str]:
     defs = schema()["$defs"]
     root = {"$schema": schema()["$schema"], "$ref": f"#/$defs/{definition}", "$defs": defs}
-    validator = jsonschema.Draft202012Validator(root)
+    validator: Any = jsonschema.Draft202012Validator(root)
     return [f"{definition}: {error.message[:300]}" for error in validator.iter_errors(instance)]
 
 
@@ -58,7 +58,7 @@ class Wire:
         self._id = 0
 
     def meta(self) -> dict[str, Any]:
-        extensions = {TASKS: {}} if self.declare else {}
+        extensions: dict[str, Any] = {TASKS: {}} if self.declare else {}
         return {
             "io.modelcontextprotocol/protocolVersion": MODERN,
             "io.modelcontextprotocol/clientCapabilities": {"extensions": extensions},
@@ -158,7 +158,7 @@ async def gateway() -> AsyncIterator[tuple[str, Sandbox]]:
 
 
 @asynccontextmanager
-async def stdio_server(tmp_path: Path, gateway_url: str) -> AsyncIterator[RawSession]:
+async def stdio_server(tmp_path: Path, gateway_url: str) -> AsyncGenerator[RawSession]:
     env = server_env(tmp_path, PIXAZO_GATEWAY_URL=gateway_url, PIXAZO_API_KEY=SANDBOX_API_KEY)
     async with await anyio.open_process([sys.executable, "-m", "mmaudio_mcp"], env=env) as process:
         try:
@@ -171,7 +171,7 @@ async def stdio_server(tmp_path: Path, gateway_url: str) -> AsyncIterator[RawSes
 
 
 @asynccontextmanager
-async def http_server(tmp_path: Path, gateway_url: str) -> AsyncIterator[str]:
+async def http_server(tmp_path: Path, gateway_url: str) -> AsyncGenerator[str]:
     port = free_port()
     env = server_env(tmp_path, PIXAZO_GATEWAY_URL=gateway_url, PIXAZO_API_KEY=SANDBOX_API_KEY)
     command = [sys.executable, "-m", "mmaudio_mcp", "serve", "--transport", "streamable-http", "--port", str(port)]
