@@ -566,6 +566,7 @@ async def run_replicas(args: argparse.Namespace, server_log: IO[bytes], sandbox_
                 (Path(tmp) / f"r{n}" / "home").mkdir(parents=True)
                 env = server_env(Path(tmp) / f"r{n}", sandbox.url, token)
                 env |= {"MMAUDIO_DATABASE_URL": database, "MMAUDIO_LEASE_SECONDS": str(args.lease)}
+                env |= {"MMAUDIO_SPEND_CAP": "0"}  # 400+ jobs in a minute: the guard would (rightly) stop them
                 env |= {"MMAUDIO_OUTPUT_DIR": str(Path(tmp) / "out")}
                 envs.append(env)
             replicas = Replicas([[*base_argv, str(port)] for port in ports], envs, server_log)
