@@ -291,7 +291,8 @@ async def sample_server(run: Run, pid: int, stop: anyio.Event) -> None:
 
 def server_env(tmp: Path, gateway_url: str, token: str) -> dict[str, str]:
     """What a deployment would set: PATH, a HOME of its own, key, gateway, folders, wait and the bearer token."""
-    return server_env_for(tmp, gateway_url, WAIT_SECONDS) | {"MMAUDIO_HTTP_TOKEN": token}
+    # The spending guard (60 jobs an hour by default) would stop a load of 400+ jobs a minute.
+    return server_env_for(tmp, gateway_url, WAIT_SECONDS) | {"MMAUDIO_HTTP_TOKEN": token, "MMAUDIO_SPEND_CAP": "0"}
 
 
 @dataclass
@@ -566,7 +567,6 @@ async def run_replicas(args: argparse.Namespace, server_log: IO[bytes], sandbox_
                 (Path(tmp) / f"r{n}" / "home").mkdir(parents=True)
                 env = server_env(Path(tmp) / f"r{n}", sandbox.url, token)
                 env |= {"MMAUDIO_DATABASE_URL": database, "MMAUDIO_LEASE_SECONDS": str(args.lease)}
-                env |= {"MMAUDIO_SPEND_CAP": "0"}  # 400+ jobs in a minute: the guard would (rightly) stop them
                 env |= {"MMAUDIO_OUTPUT_DIR": str(Path(tmp) / "out")}
                 envs.append(env)
             replicas = Replicas([[*base_argv, str(port)] for port in ports], envs, server_log)
