@@ -346,12 +346,18 @@ class JobService:
         assert job.file is not None
         return await anyio.Path(job.file.path).read_bytes()
 
-    async def on_webhook(self, token: str) -> bool:
+    async def on_webhook(self, token: str, request_id_hint: str | None = None) -> bool:
         """Handle a callback for the job owning this token: poll it now. The body is never trusted (callbacks are
-        not signed), so only the status Pixazo gives us matters; duplicates are harmless. False if unknown."""
+        not signed), so only the status Pixazo gives us matters; duplicates are harmless. False if unknown.
+
+        `request_id_hint` (from the callback's body) completes a row whose submit answer was lost (its process was
+        killed between Pixazo's answer and the row update): it is used only if Pixazo confirms the job under the
+        same key."""
         request_id = self._webhook_jobs.get(token)
         if request_id is None:
             pending = [job for job in await self._store.unfinished() if job.webhook_token == token]
+            if pending and pending[0].request_id is None and request_id_hint is not None:
+                pending[0] = await self._recover_submit(pending[0], request_id_hint)
             request_id = pending[0].request_id if pending else None
         record = await self._store.get(request_id) if request_id else None
         if record is None:
@@ -362,6 +368,22 @@ class JobService:
             if poke is not None and record.request_id and not self._leases.holds(record.request_id):
                 await poke(record.request_id)  # the replica polling it may be another one
         return True
+
+    async def _recover_submit(self, record: JobRecord, request_id: str) -> JobRecord:
+        """Give a SUBMITTING row the request_id a callback names, once Pixazo confirms that job under the row's key."""
+        key = self._keys.get(record.owner) if record.owner is not None else None
+        if (record.owner is not None and key is None) or not is_valid_request_id(request_id):
+            return record  # a client's own key is not known here: the job cannot be checked
+        if await self._store.get(request_id) is not None:
+            return record  # that job already has its row
+        try:
+            reply = await self._client.status(request_id, api_key=key)
+        except MmaudioError as exc:
+            logger.warning("a callback named %s, which Pixazo did not confirm: %s", request_id, exc.message)
+            return record
+        logger.warning("recovered %s from its callback (its submit's answer was lost)", request_id)
+        found = record.model_copy(update={"request_id": request_id, "error": None, "updated_at": utc_now()})
+        return await self._apply(await self._store.save(found), reply)
 
     async def unfinished(self, caller: Caller = SERVER) -> list[JobRecord]:
         """Return the caller's jobs that have not finished (to resume after a restart), unanswered submits included."""

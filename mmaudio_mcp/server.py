@@ -66,6 +66,7 @@ from mmaudio_mcp.models import (
     TargetLufs,
     TrimSilence,
     WaitSeconds,
+    is_valid_request_id,
 )
 from mmaudio_mcp.placement import Destination, resolve_destination
 from mmaudio_mcp.player import CHUNK_CAP, PLAYER_URI, player_html, read_chunk
@@ -567,9 +568,26 @@ def _add_routes(server: MCPServer[AppState], live: _Live) -> None:
 
     @server.custom_route("/webhooks/{token}", methods=["POST"])
     async def webhook(request: Request) -> Response:
-        # The unguessable token is the only credential; the body is ignored (Pixazo's callbacks are unsigned).
-        known = live.state is not None and await live.jobs.on_webhook(request.path_params["token"])
+        # The unguessable token is the only credential (Pixazo's callbacks are unsigned): the body's request_id is
+        # only a hint, used to complete a row whose submit answer was lost, and only once Pixazo confirms it.
+        hint = await _request_id_hint(request)
+        known = live.state is not None and await live.jobs.on_webhook(request.path_params["token"], hint)
         return Response(status_code=202 if known else 404)
+
+
+async def _request_id_hint(request: Request) -> str | None:
+    """The request_id a callback's JSON body names, if it is well formed (bodies over 64 KiB are not read)."""
+    if int(request.headers.get("content-length") or 0) > 65536:
+        return None
+    try:
+        body: object = json.loads(await request.body())
+    except ValueError:
+        return None
+    match body:
+        case {"request_id": str() as value} if is_valid_request_id(value):
+            return value
+        case _:
+            return None
 
 
 def _as_task(params: CallToolRequestParams) -> bool:
