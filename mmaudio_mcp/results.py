@@ -21,6 +21,7 @@ from mcp.types import (
     TextContent,
 )
 
+from mmaudio_mcp.audio import audio_work_limiter
 from mmaudio_mcp.errors import MmaudioError
 from mmaudio_mcp.models import JobStatus
 from mmaudio_mcp.player import AUDIO_META_KEY, CHUNK_CAP, PEAKS_META_KEY, wav_peaks
@@ -108,7 +109,9 @@ async def make_preview(delivered: AudioFile, request_id: str, folder: Path) -> P
     dest = folder / f"{request_id}-{delivered.sha256[:16]}.ogg"
     if not await anyio.Path(dest).is_file():
         await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
-        await anyio.to_thread.run_sync(process_file, Path(delivered.path), dest, PREVIEW_OPTIONS)
+        await anyio.to_thread.run_sync(
+            process_file, Path(delivered.path), dest, PREVIEW_OPTIONS, limiter=audio_work_limiter()
+        )
     return dest
 
 
@@ -242,7 +245,9 @@ async def with_player(result: CallToolResult, job: AudioJob, delivered: AudioFil
         "chunk_bytes": CHUNK_CAP,
     }
     try:
-        meta[PEAKS_META_KEY] = list(await anyio.to_thread.run_sync(_cached_peaks, file.path, file.sha256))
+        meta[PEAKS_META_KEY] = list(
+            await anyio.to_thread.run_sync(_cached_peaks, file.path, file.sha256, limiter=audio_work_limiter())
+        )
     except (OSError, RuntimeError, ValueError) as exc:  # the text result stands without a waveform
         logger.warning("no waveform peaks for %s: %s", file.path, exc)
     result.meta = meta
