@@ -25,6 +25,9 @@ DEAD = f"{socket.gethostname()}:999999:dead"  # no such pid: a replica killed on
 ELSEWHERE = "other-host:1234:live"  # a replica on another machine: alive while it holds a lease
 
 
+pytestmark = pytest.mark.timeout(300)  # a fresh machine installs Debian's PostgreSQL first
+
+
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Postgres]:
     with start_postgres() as server:

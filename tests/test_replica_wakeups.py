@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from mmaudio_mcp.settings import Settings
 
 
+pytestmark = pytest.mark.timeout(300)  # a fresh machine installs Debian's PostgreSQL first
+
+
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Postgres]:
     with start_postgres() as server:

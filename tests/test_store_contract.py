@@ -40,6 +40,9 @@ class Store(Protocol):
     async def aclose(self) -> None: ...
 
 
+pytestmark = pytest.mark.timeout(300)  # a fresh machine installs Debian's PostgreSQL first
+
+
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Postgres]:
     with start_postgres() as server:
