@@ -17,6 +17,7 @@ the `postgres` extra: `pip install "mmaudio-mcp[postgres]"`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import importlib
@@ -146,6 +147,7 @@ class PostgresJobStore:
         self._pool: _Pool | None = None
         self._listener: _Conn | None = None
         self._callbacks: list[Callable[[str], None]] = []
+        self._reconnecting: asyncio.Task[None] | None = None
         self._lock = anyio.Lock()
         self._closed = False
 
@@ -222,12 +224,15 @@ class PostgresJobStore:
 
     async def listen(self, callback: Callable[[str], None]) -> None:
         """Call `callback(request_id)` whenever any process writes that job's row (from NOTIFY, at its commit).
-        Best effort: if the LISTEN connection drops, it is opened again on the next call to `listen`, and the
-        re-reads every tick still see every change."""
+        If the LISTEN connection drops (a database restart, a failover), it is opened again in the background,
+        every second until it works; meanwhile the re-reads every tick still see every change."""
         self._callbacks.append(callback)
         await self._ready()
+        await self._connect_listener()
+
+    async def _connect_listener(self) -> None:
         async with self._lock:
-            if self._listener is not None and not self._listener.is_closed():
+            if self._closed or (self._listener is not None and not self._listener.is_closed()):
                 return
             try:
                 conn: _Conn = await _asyncpg().connect(self.url)
@@ -236,6 +241,17 @@ class PostgresJobStore:
             except (OSError, _asyncpg().PostgresError, _asyncpg().InterfaceError) as exc:
                 raise self._error(exc) from exc
             self._listener = conn
+
+    async def _reconnect_listener(self) -> None:
+        while not self._closed:
+            await anyio.sleep(1.0)
+            try:
+                await self._connect_listener()
+            except StoreError as exc:
+                logger.warning("could not listen again on %s: %s", self.path, exc.message)
+                continue
+            logger.warning("listening again on %s", self.path)
+            return
 
     async def poke(self, request_id: str) -> None:
         """Ask whichever replica holds this job's lease to poll it now (a webhook reached another replica)."""
@@ -250,6 +266,8 @@ class PostgresJobStore:
             self._closed = True
             listener, self._listener = self._listener, None
             pool, self._pool = self._pool, None
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
         with anyio.CancelScope(shield=True):
             if listener is not None and not listener.is_closed():
                 await listener.close()
@@ -266,8 +284,11 @@ class PostgresJobStore:
                 logger.exception("job change callback failed for %s", payload)
 
     def _listener_lost(self, _conn: object) -> None:
-        if not self._closed:
-            logger.warning("lost the LISTEN connection to %s; replicas' changes are seen by re-reading", self.path)
+        if self._closed:
+            return
+        logger.warning("lost the LISTEN connection to %s; changes are seen by re-reading until it is back", self.path)
+        # asyncpg calls this from the event loop (asyncio only); the reconnection runs beside whatever is running.
+        self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect_listener())
 
     async def _records(self, sql: str, *args: object) -> list[JobRecord]:
         rows = await self._with(lambda conn: conn.fetch(sql, *args))

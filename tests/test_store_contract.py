@@ -304,3 +304,30 @@ async def test_an_unreachable_database_is_named_without_its_password(postgres: P
     assert "hunter2" not in caught.value.message
     assert "MMAUDIO_DATABASE_URL" in caught.value.message
     assert redacted("postgresql://u:pw@db:5432/x") == "postgresql://u:***@db:5432/x"
+
+
+async def test_a_dropped_listen_connection_comes_back(postgres: Postgres) -> None:
+    """A database restart or failover drops the LISTEN connection: it is opened again in the background, and
+    wake-ups resume (until then followers see changes by re-reading)."""
+    import asyncpg  # pyright: ignore[reportMissingTypeStubs]
+
+    url = postgres.database(f"t_{uuid.uuid4().hex[:12]}")
+    writer, follower = await PostgresJobStore.open(url), await PostgresJobStore.open(url)
+    heard = anyio.Event()
+    await follower.listen(lambda _: heard.set())
+    admin = await asyncpg.connect(url)  # pyright: ignore[reportUnknownMemberType]
+    killed = await admin.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' "
+        "AND datname = current_database()"
+    )
+    await admin.close()
+    assert killed == 1
+    with anyio.fail_after(15):
+        n = 0
+        while not heard.is_set():  # a notification sent while it is down is lost: keep writing until one lands
+            n += 1
+            await writer.save(record(n))
+            with anyio.move_on_after(0.2):
+                await heard.wait()
+    await writer.aclose()
+    await follower.aclose()
