@@ -1,7 +1,8 @@
-"""Two replicas behind nginx round-robin on one PostgreSQL job store (Debian's packages, started for the module;
-skipped with the reason where they cannot be installed): clients of both protocol eras share each job (one submit,
-one poller at a time, one media fetch), audio is readable from either replica, and a replica killed while it holds
-a job's lease is taken over within the lease plus one poll."""
+"""Two replicas behind nginx round-robin on one PostgreSQL job store and one S3 bucket (Debian's packages and a
+moto server, started for the module; skipped with the reason where they cannot be installed): clients of both
+protocol eras share each job (one submit, one poller at a time, one media fetch), audio is readable from either
+replica even with the local copy gone, and a replica killed while it holds a job's lease is taken over within the
+lease plus one poll."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 from pydantic import FileUrl
 
 from mmaudio_mcp.sandbox import SANDBOX_API_KEY
-from tests.services import Postgres, free_port, start_nginx, start_postgres, wait_for_port
+from tests.services import Postgres, S3Server, free_port, start_nginx, start_postgres, start_s3, wait_for_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -66,6 +67,7 @@ class Stack:
     sandbox: str
     database: str
     replicas: list[Replica] = field(default_factory=list[Replica])
+    output: Path | None = None
 
     def stats(self) -> dict[str, Any]:
         return httpx2.get(f"{self.sandbox}/_sandbox/stats").json()
@@ -78,7 +80,13 @@ def postgres() -> Iterator[Postgres]:
 
 
 @pytest.fixture(scope="module")
-def stack(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def s3() -> Iterator[S3Server]:
+    with start_s3() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack(postgres: Postgres, s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = tmp_path_factory.mktemp("replicas")
     database = postgres.database("replicas")
     sandbox_port = free_port()
@@ -101,12 +109,16 @@ def stack(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 "MMAUDIO_STATE_DIR": str(base / f"state{n}"),
                 "MMAUDIO_LEASE_SECONDS": str(LEASE),
                 "MMAUDIO_REQUEST_STATE_KEY": KEY,
+                "MMAUDIO_STORAGE_URL": f"s3://{s3.bucket}/replicas",
+                **s3.env,
             }
             replica = Replica(f"r{n}", free_port(), env, base / f"r{n}.log")
             replica.start()
             replicas.append(replica)
         with start_nginx([replica.port for replica in replicas]) as port:
-            yield Stack(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sandbox_port}", database, replicas)
+            yield Stack(
+                f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sandbox_port}", database, replicas, base / "out"
+            )
     finally:
         for replica in replicas:
             replica.stop()
@@ -156,6 +168,11 @@ async def test_clients_of_both_eras_share_each_job_across_replicas(stack: Stack)
                 assert not fetched.is_error, fetched.content
     sizes = set()
     for replica in stack.replicas:
+        assert stack.output is not None
+        cached = list(stack.output.glob("*.wav"))  # this module's only job so far
+        assert cached, "the delivered WAV is in the (shared) output folder"
+        for path in cached:  # each replica's disk is only a cache: the bucket has the audio
+            path.unlink()
         async with client(f"http://127.0.0.1:{replica.port}", "2026-07-28") as direct:
             contents = await direct.read_resource(f"audio://{rid}")
         blob = contents.contents[0]
