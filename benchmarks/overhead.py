@@ -51,6 +51,7 @@ from mmaudio_mcp.pixazo import KEY_HEADER
 from mmaudio_mcp.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
 from mmaudio_mcp.schedule import PollPolicy
 from mmaudio_mcp.server import build_server
+from mmaudio_mcp.settings import Settings
 from mmaudio_mcp.transport import serve_on_loopback
 
 if TYPE_CHECKING:
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
     from mmaudio_mcp.jobs import JobService
-    from mmaudio_mcp.settings import Settings
 
 SPEED: Final = 0.02
 BLOCK: Final = 25  # calls per block in (a)
@@ -169,13 +169,7 @@ async def _client_validation_ms(client: Client, tool: str, arguments: dict[str, 
 async def _domain_check(settings: Settings, app: ASGIApp, request_id: str, calls: int) -> list[float]:
     """`JobService.check()` alone, without MCP: a second service on the same (now closed) store."""
     timings: list[float] = []
-    async with open_job_service(
-        api_key=settings.api_key,
-        gateway_url=settings.gateway_url,
-        state_dir=settings.state_dir,
-        output_dir=settings.output_dir,
-        http_transport=httpx2.ASGITransport(app=app),
-    ) as jobs:
+    async with open_job_service(settings, http_transport=httpx2.ASGITransport(app=app)) as jobs:
 
         async def check() -> None:
             job = await jobs.check(request_id)
@@ -266,10 +260,12 @@ async def download_throughput(rounds: int, tmp: Path) -> dict[str, Any]:
         base_url = await stack.enter_async_context(serve_on_loopback(sandbox.app))
         jobs = await stack.enter_async_context(
             open_job_service(
-                api_key=SecretStr(SANDBOX_API_KEY),
-                gateway_url=base_url,
-                state_dir=tmp / "state",
-                output_dir=tmp / "out",
+                Settings(
+                    api_key=SecretStr(SANDBOX_API_KEY),
+                    gateway_url=base_url,
+                    state_dir=tmp / "state",
+                    output_dir=tmp / "out",
+                ),
                 policy=PollPolicy().scaled(0.01),
             )
         )

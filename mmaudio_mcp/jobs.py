@@ -38,7 +38,7 @@ from mmaudio_mcp.objects import ObjectStorage
 from mmaudio_mcp.pixazo import PixazoClient
 from mmaudio_mcp.polling import Pollers, elapsed_seconds
 from mmaudio_mcp.schedule import Learned, PollPolicy, eta_seconds, expected_seconds, learn, progress_message
-from mmaudio_mcp.store import LeaseLostError, Leases, SqliteJobStore
+from mmaudio_mcp.store import DEFAULT_LEASE_SECONDS, LeaseLostError, Leases, SqliteJobStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from mmaudio_mcp.models import GenerationParams, StatusReply
     from mmaudio_mcp.placement import Destination
     from mmaudio_mcp.processing import ProcessOptions
+    from mmaudio_mcp.settings import Settings
     from mmaudio_mcp.store import JobStore
 
     ProgressCallback = Callable[[float, float | None, str], Awaitable[None]]
@@ -104,19 +105,19 @@ class JobService:
         limits: Limits | None = None,
         policy: PollPolicy | None = None,
         webhook_base: str | None = None,
-        lease_seconds: float | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
         ledger: Ledger | None = None,
         spend_cap: SpendCap | None = None,
         objects: ObjectStorage | None = None,
     ) -> None:
         """`lease_seconds`: how long a job's lease lasts without renewal (MMAUDIO_LEASE_SECONDS, else 20 s); a
         process that dies holding one is taken over that much later. `ledger` records calls and paid submits (by
-        default beside a SQLite store's jobs); `spend_cap` is the spending guard (default: from the environment)."""
+        default beside a SQLite store's jobs); `spend_cap` is the spending guard (default: 60 jobs per 60 minutes)."""
         self._client = client
         self._store = store
         self._own_ledger = ledger is None and isinstance(store, SqliteJobStore)
         self._ledger = Ledger(store.path) if ledger is None and isinstance(store, SqliteJobStore) else ledger
-        self.spend_cap = spend_cap or SpendCap.from_env()
+        self.spend_cap = spend_cap or SpendCap()
         self._output_dir = output_dir
         self._leases = Leases(store, lease_seconds)
         self._files = JobFiles(
@@ -620,26 +621,24 @@ def _next_step(record: JobRecord) -> NextStep | None:
 
 @asynccontextmanager
 async def open_job_service(
+    settings: Settings,
     *,
-    api_key: SecretStr | None,
-    gateway_url: str,
-    state_dir: Path,
-    output_dir: Path,
     http_transport: httpx2.AsyncBaseTransport | None = None,
     policy: PollPolicy | None = None,
-    webhook_base: str | None = None,
     limits: Limits | None = None,
-    lease_seconds: float | None = None,
-    spend_cap: SpendCap | None = None,
-    database_url: str | None = None,
-    storage_url: str | None = None,
 ) -> AsyncGenerator[JobService]:
-    """Assemble the Pixazo client, the store and the service, and close them in order afterwards. The HTTP client
-    and the database open on first use: a host that only lists tools pays for neither. With `database_url`
-    (MMAUDIO_DATABASE_URL), jobs live in that PostgreSQL database, shared by every replica; with `storage_url`
-    (MMAUDIO_STORAGE_URL, s3://bucket/prefix) their audio lives in that bucket, the output folder being a cache."""
+    """Assemble the Pixazo client, the store and the service from `settings`, and close them in order afterwards.
+    The HTTP client and the database open on first use: a host that only lists tools pays for neither. With a
+    database URL (MMAUDIO_DATABASE_URL), jobs live in that PostgreSQL database, shared by every replica; with a
+    storage URL (MMAUDIO_STORAGE_URL, s3://bucket/prefix) their audio lives in that bucket, the output folder being a
+    cache. Webhooks are asked for when an HTTP transport has a public URL (MMAUDIO_PUBLIC_URL)."""
+    database_url = settings.database_url.get_secret_value() if settings.database_url else None
+    storage_url = settings.storage_url
+    webhook_base = settings.public_url if settings.transport != "stdio" else None
     limits = limits or Limits()
-    client = PixazoClient(None, api_key, gateway_url, transport=http_transport, timeout=limits.http_timeout)
+    client = PixazoClient(
+        None, settings.api_key, settings.gateway_url, transport=http_transport, timeout=limits.http_timeout
+    )
     store: JobStore
     ledger: Ledger | None = None  # SQLite: the service keeps its ledger beside the jobs itself
     if database_url:
@@ -649,18 +648,18 @@ async def open_job_service(
         store = PostgresJobStore(database_url)
         ledger = PostgresLedger(store)
     else:
-        store = SqliteJobStore.in_folder(state_dir)
+        store = SqliteJobStore.in_folder(settings.state_dir)
     try:
         service = JobService(
             client,
             store,
-            output_dir,
+            settings.output_dir,
             limits=limits,
             policy=policy,
             webhook_base=webhook_base,
-            lease_seconds=lease_seconds,
-            spend_cap=spend_cap,
-            objects=ObjectStorage(storage_url) if storage_url else None,
+            lease_seconds=settings.lease_seconds,
+            spend_cap=SpendCap(settings.spend_cap, settings.spend_window_minutes),
+            objects=ObjectStorage(storage_url, presign_seconds=settings.presign_seconds) if storage_url else None,
             ledger=ledger,
         )
         async with service:

@@ -47,8 +47,6 @@ RUNNING_GRACE: Final = 2.0
 cancelling it, and the server may not have seen the cancellation through yet); after that it is a new take."""
 DEFAULT_SPEND_CAP: Final = 60
 DEFAULT_SPEND_WINDOW_MINUTES: Final = 60.0
-SPEND_CAP_ENV: Final = "MMAUDIO_SPEND_CAP"
-SPEND_WINDOW_ENV: Final = "MMAUDIO_SPEND_WINDOW_MINUTES"
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS calls (
     call_id     TEXT PRIMARY KEY,
@@ -88,14 +86,6 @@ class SpendCap:
 
     jobs: int = DEFAULT_SPEND_CAP
     window_minutes: float = DEFAULT_SPEND_WINDOW_MINUTES
-
-    @classmethod
-    def from_env(cls) -> SpendCap:
-        """MMAUDIO_SPEND_CAP and MMAUDIO_SPEND_WINDOW_MINUTES if set, else the defaults (60 jobs per 60 minutes)."""
-        return cls(
-            jobs=int(_number(SPEND_CAP_ENV, DEFAULT_SPEND_CAP, 0, 1_000_000)),
-            window_minutes=_number(SPEND_WINDOW_ENV, DEFAULT_SPEND_WINDOW_MINUTES, 0.1, 7 * 24 * 60),
-        )
 
     @property
     def window_seconds(self) -> float:
@@ -157,16 +147,6 @@ _TASK_COLUMNS: Final = "task_id, owner, tool, request_id, extra, created, update
 
 def _task(row: tuple[Any, ...]) -> TaskRow:
     return TaskRow(row[0], row[1] or None, *row[2:])
-
-
-def _number(name: str, default: float, low: float, high: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        logger.warning("ignoring %s=%r: not a number", name, raw)
-        return default
-    return min(max(value, low), high)
 
 
 def fingerprint(params: GenerationParams, owner: str | None, extra: str | None) -> str:

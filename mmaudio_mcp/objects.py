@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PRESIGN_ENV = "MMAUDIO_PRESIGN_SECONDS"
-
 
 def _obstore() -> tuple[Any, Any]:
     try:
@@ -48,7 +46,9 @@ def _obstore() -> tuple[Any, Any]:
 class ObjectStorage:
     """One bucket (and prefix) holding every job's delivered audio, keyed `{request_id}/{file name}`."""
 
-    def __init__(self, url: str, *, endpoint: str | None = None, presign_seconds: float | None = None) -> None:
+    def __init__(self, url: str, *, endpoint: str | None = None, presign_seconds: float = 0.0) -> None:
+        """`presign_seconds` (MMAUDIO_PRESIGN_SECONDS): how long the GET URLs handed to remote clients are valid;
+        0 hands out none."""
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:
             raise ConfigurationError(
@@ -58,8 +58,7 @@ class ObjectStorage:
         self.bucket = parts.netloc
         self.prefix = parts.path.strip("/")
         self.endpoint = endpoint if endpoint is not None else os.environ.get("AWS_ENDPOINT_URL") or None
-        raw = os.environ.get(PRESIGN_ENV, "") if presign_seconds is None else str(presign_seconds)
-        self.presign_seconds = float(raw) if raw.strip() else 0.0
+        self.presign_seconds = presign_seconds
         self._store: Any = None
 
     def _client(self) -> Any:
@@ -143,4 +142,4 @@ class ObjectStorage:
         )
 
 
-__all__ = ["PRESIGN_ENV", "ObjectStorage"]
+__all__ = ["ObjectStorage"]

@@ -103,7 +103,7 @@ if TYPE_CHECKING:
     from mcp.types import CallToolRequestParams
     from pydantic import AnyUrl
 
-    from mmaudio_mcp.ledger import SpendCap, TaskRow
+    from mmaudio_mcp.ledger import TaskRow
     from mmaudio_mcp.schedule import PollPolicy
     from mmaudio_mcp.settings import Settings
 
@@ -145,10 +145,8 @@ def build_server(
     http_transport: httpx2.AsyncBaseTransport | None = None,
     policy: PollPolicy | None = None,
     limits: Limits | None = None,
-    spend_cap: SpendCap | None = None,
 ) -> MCPServer[AppState]:
-    """Assemble the server; nothing touches the network or disk until the lifespan starts. `spend_cap`: the
-    spending guard (default: MMAUDIO_SPEND_CAP jobs per MMAUDIO_SPEND_WINDOW_MINUTES, else 60 per 60)."""
+    """Assemble the server; nothing touches the network or disk until the lifespan starts."""
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncGenerator[AppState]:
@@ -156,19 +154,7 @@ def build_server(
             yield live.state
             return
         async with (
-            open_job_service(
-                api_key=settings.api_key,
-                gateway_url=settings.gateway_url,
-                state_dir=settings.state_dir,
-                output_dir=settings.output_dir,
-                http_transport=http_transport,
-                policy=policy,
-                limits=limits,
-                spend_cap=spend_cap,
-                webhook_base=settings.public_url if settings.transport != "stdio" else None,
-                database_url=settings.database_url.get_secret_value() if settings.database_url else None,
-                storage_url=settings.storage_url,
-            ) as jobs,
+            open_job_service(settings, http_transport=http_transport, policy=policy, limits=limits) as jobs,
             anyio.create_task_group() as workers,
         ):
             ledger = jobs.ledger

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_GATEWAY_URL = "https://gateway.pixazo.ai"
 APP_NAME = "mmaudio-mcp"
+
+logger = logging.getLogger(__name__)
+
+_CLAMPED: Final = {
+    "spend_cap": ("MMAUDIO_SPEND_CAP", "a number"),
+    "spend_window_minutes": ("MMAUDIO_SPEND_WINDOW_MINUTES", "a number"),
+    "lease_seconds": ("MMAUDIO_LEASE_SECONDS", "a number of seconds"),
+}
+"""Numbers an operator tunes: out of range is clamped into it, and a value that is not a number is ignored (with a
+warning) for the default, rather than stopping the server."""
 
 
 def _default_output_dir() -> Path:
@@ -85,6 +96,35 @@ class Settings(BaseSettings):
         description="Serve streamable HTTP without per-process sessions (replicas behind a load balancer).",
     )
 
+    spend_cap: int = Field(
+        default=60,
+        ge=0,
+        le=1_000_000,
+        validation_alias=AliasChoices("MMAUDIO_SPEND_CAP", "spend_cap"),
+        description="At most this many paid jobs per Pixazo key in any spend window; 0 turns the guard off.",
+    )
+    spend_window_minutes: float = Field(
+        default=60.0,
+        ge=0.1,
+        le=7 * 24 * 60,
+        validation_alias=AliasChoices("MMAUDIO_SPEND_WINDOW_MINUTES", "spend_window_minutes"),
+        description="The spend window, in minutes.",
+    )
+    lease_seconds: float = Field(
+        default=20.0,
+        ge=0.5,
+        le=600.0,
+        validation_alias=AliasChoices("MMAUDIO_LEASE_SECONDS", "lease_seconds"),
+        description="How long a job's lease lasts without renewal: a dead process's jobs are taken over that much "
+        "later.",
+    )
+    presign_seconds: float = Field(
+        default=0.0,
+        validation_alias=AliasChoices("MMAUDIO_PRESIGN_SECONDS", "presign_seconds"),
+        description="With MMAUDIO_STORAGE_URL: results carry a presigned GET URL of the audio, valid this long "
+        "(0: none).",
+    )
+
     @property
     def stateless_http(self) -> bool:
         """Whether streamable HTTP runs without sessions: asked for, or implied by a shared database (replicas)."""
@@ -121,6 +161,32 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("spend_cap", "spend_window_minutes", "lease_seconds", mode="before")
+    @classmethod
+    def _clamp(cls, value: Any, info: ValidationInfo) -> Any:
+        field_name = info.field_name or ""
+        name, what = _CLAMPED[field_name]
+        field = cls.model_fields[field_name]
+        default = field.default
+        if isinstance(value, str):
+            raw = value.strip()
+            if not raw:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                logger.warning("ignoring %s=%r: not %s", name, raw, what)
+                return default
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            low, high = _bounds(field.metadata)
+            return type(default)(min(max(value, low), high))
+        return value
+
+    @field_validator("presign_seconds", mode="before")
+    @classmethod
+    def _blank_is_zero(cls, value: Any) -> Any:
+        return 0.0 if isinstance(value, str) and not value.strip() else value
+
     @field_validator("allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
@@ -135,6 +201,13 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_user(cls, value: Path) -> Path:
         return value.expanduser()
+
+
+def _bounds(metadata: list[Any]) -> tuple[float, float]:
+    """A field's ge/le bounds, from its Field(...) metadata."""
+    low = next(m.ge for m in metadata if getattr(m, "ge", None) is not None)
+    high = next(m.le for m in metadata if getattr(m, "le", None) is not None)
+    return float(low), float(high)
 
 
 def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:

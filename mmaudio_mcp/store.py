@@ -56,7 +56,6 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 SCHEMA_VERSION: Final = 3
 DEFAULT_LEASE_SECONDS: Final = 20.0
-LEASE_ENV: Final = "MMAUDIO_LEASE_SECONDS"
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS jobs (
     local_id     TEXT PRIMARY KEY,
@@ -168,24 +167,13 @@ def process_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-def lease_seconds_from_env(default: float = DEFAULT_LEASE_SECONDS) -> float:
-    """The lease length: MMAUDIO_LEASE_SECONDS if set (tests shorten it), else the default."""
-    raw = os.environ.get(LEASE_ENV, "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        logger.warning("ignoring %s=%r: not a number of seconds", LEASE_ENV, raw)
-        return default
-    return min(max(value, 0.5), 600.0)
-
-
 class Leases:
     """This process's leases on jobs: claimed before polling or downloading, renewed in the background, released
     when the last user in this process is done (in-process users share one lease, counted)."""
 
-    def __init__(self, store: JobStore, seconds: float | None = None, holder: str | None = None) -> None:
+    def __init__(self, store: JobStore, seconds: float = DEFAULT_LEASE_SECONDS, holder: str | None = None) -> None:
         self.store = store
-        self.seconds = seconds if seconds is not None else lease_seconds_from_env()
+        self.seconds = seconds
         self.holder = holder or process_holder()
         self.follow_seconds = min(1.0, self.seconds / 4)
         """How often a process that does not hold a job's lease re-reads its row (and tries to take it over)."""
@@ -528,7 +516,6 @@ __all__ = [
     "LeaseLostError",
     "Leases",
     "SqliteJobStore",
-    "lease_seconds_from_env",
     "merge_records",
     "process_holder",
 ]

@@ -76,15 +76,14 @@ async def job_service(args: argparse.Namespace, settings: Settings) -> AsyncGene
 
     async with (
         gateway(args, settings) as (settings, policy),
-        open_job_service(
-            api_key=settings.api_key,
-            gateway_url=settings.gateway_url,
-            state_dir=settings.state_dir,
-            output_dir=settings.output_dir,
-            policy=policy,
-        ) as jobs,
+        open_job_service(_on_this_machine(settings), policy=policy) as jobs,
     ):
         yield jobs
+
+
+def _on_this_machine(settings: Settings) -> Settings:
+    """The terminal works on this machine's store and folder: no replicas' database or bucket, no webhooks."""
+    return settings.model_copy(update={"database_url": None, "storage_url": None, "public_url": None})
 
 
 # --- generate and status ----------------------------------------------------------------------------------------
@@ -307,7 +306,7 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
     from rich.table import Table
 
     rows = [_job_row(record) for record in records]
-    table = Table(title=f"{len(records)} recent jobs", caption=anyio.run(_spend_window, state_dir))
+    table = Table(title=f"{len(records)} recent jobs", caption=anyio.run(_spend_window, state_dir, settings))
     # request ids are copied into `status`: never cut or wrapped; the prompt gives way first.
     table.add_column("request_id", no_wrap=True, min_width=max((len(row[0]) for row in rows), default=10))
     table.add_column("status", no_wrap=True)
@@ -320,10 +319,10 @@ def jobs(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-async def _spend_window(state_dir: Path) -> str:
+async def _spend_window(state_dir: Path, settings: Settings) -> str:
     from mmaudio_mcp.ledger import SpendCap, read_spent, spend_summary
 
-    cap = SpendCap.from_env()
+    cap = SpendCap(settings.spend_cap, settings.spend_window_minutes)
     return spend_summary(await read_spent(state_dir, cap), cap)
 
 

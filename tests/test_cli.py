@@ -8,11 +8,15 @@ import select
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from mmaudio_mcp.audio import read_wav_info
 from mmaudio_mcp.cli import main
+
+if TYPE_CHECKING:
+    from mmaudio_mcp.settings import Settings
 
 
 def run_cli(
@@ -365,26 +369,16 @@ def test_a_loop_says_how_much_shorter_than_the_clip_it_came_out(tmp_path: Path) 
     assert "note: The loop repeats every" in done.stderr
 
 
-async def test_status_takes_a_unique_prefix_and_refuses_an_ambiguous_one(tmp_path: Path, transport: object) -> None:
+async def test_status_takes_a_unique_prefix_and_refuses_an_ambiguous_one(settings: Settings, transport: object) -> None:
     """A prefix of one stored request_id (with or without the model's `..._` part) names that job; a prefix several
     share is refused with the candidates; anything else is passed on unchanged (and checked as an id later)."""
-    from pydantic import SecretStr
-
     from mmaudio_mcp.errors import InvalidArgumentError
     from mmaudio_mcp.jobs import open_job_service
     from mmaudio_mcp.models import GenerationParams
-    from mmaudio_mcp.sandbox import SANDBOX_API_KEY
     from mmaudio_mcp.terminal import full_request_id
     from tests.conftest import POLICY
 
-    async with open_job_service(
-        api_key=SecretStr(SANDBOX_API_KEY),
-        gateway_url="http://127.0.0.1:8787",
-        state_dir=tmp_path / "state",
-        output_dir=tmp_path / "out",
-        http_transport=transport,  # pyright: ignore[reportArgumentType]
-        policy=POLICY,
-    ) as jobs:
+    async with open_job_service(settings, http_transport=transport, policy=POLICY) as jobs:  # pyright: ignore[reportArgumentType]
         first = await jobs.generate(GenerationParams(prompt="a bell"), wait_seconds=0)
         second = await jobs.generate(GenerationParams(prompt="a gong"), wait_seconds=0)
         assert await full_request_id(jobs, first.request_id.partition("_")[2][:8]) == first.request_id

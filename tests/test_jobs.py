@@ -90,14 +90,7 @@ async def test_per_job_locks_do_not_pile_up_in_a_long_running_server(
     from mmaudio_mcp.jobs import open_job_service
     from mmaudio_mcp.models import GenerationParams
 
-    async with open_job_service(
-        api_key=settings.api_key,
-        gateway_url=settings.gateway_url,
-        state_dir=settings.state_dir,
-        output_dir=settings.output_dir,
-        http_transport=transport,
-        policy=POLICY,
-    ) as jobs:
+    async with open_job_service(settings, http_transport=transport, policy=POLICY) as jobs:
         for _ in range(3):
             job = await jobs.generate(GenerationParams(prompt="rain", duration=2), wait_seconds=10)
             await jobs.download(job.request_id)

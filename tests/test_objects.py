@@ -46,37 +46,20 @@ async def test_a_replica_without_the_file_serves_it_from_object_storage(
     settings: Settings,
     transport: httpx2.ASGITransport,
     sandbox: Sandbox,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Replica A downloads the job once and stores it; replica B (same job store, its disk empty) serves the same
     bytes from the bucket, and Pixazo's media is fetched once in all. Results carry a presigned URL of the audio
     (MMAUDIO_PRESIGN_SECONDS) that a remote client can download."""
-    monkeypatch.setenv("MMAUDIO_PRESIGN_SECONDS", "300")
+    replica = settings.model_copy(update={"storage_url": f"s3://{aws.bucket}/team-a", "presign_seconds": 300})
 
-    async with open_job_service(
-        api_key=settings.api_key,
-        gateway_url=settings.gateway_url,
-        state_dir=settings.state_dir,
-        output_dir=settings.output_dir,
-        http_transport=transport,
-        policy=POLICY,
-        storage_url=f"s3://{aws.bucket}/team-a",
-    ) as first:
+    async with open_job_service(replica, http_transport=transport, policy=POLICY) as first:
         job = await first.generate(GenerationParams(prompt="rain", duration=2), wait_seconds=20)
         done = await first.download(job.request_id)
     assert done.file is not None
     cached = Path(done.file.path)
     original = cached.read_bytes()
     cached.unlink()  # replica B's own disk has never seen it
-    async with open_job_service(
-        api_key=settings.api_key,
-        gateway_url=settings.gateway_url,
-        state_dir=settings.state_dir,
-        output_dir=settings.output_dir,
-        http_transport=transport,
-        policy=POLICY,
-        storage_url=f"s3://{aws.bucket}/team-a",
-    ) as second:
+    async with open_job_service(replica, http_transport=transport, policy=POLICY) as second:
         audio = await second.read_audio(job.request_id)
     assert audio == original
     assert hashlib.sha256(audio).hexdigest() == done.file.sha256

@@ -238,14 +238,12 @@ async def test_leftover_temporary_files_go_unless_a_live_process_has_them_open(t
     assert [path.name for path in out.iterdir()] == ["kept.wav"]
 
 
-async def test_the_server_cleans_leftovers_when_it_starts(tmp_path: Path) -> None:
+async def test_the_server_cleans_leftovers_when_it_starts(settings: Settings) -> None:
     """Starting a job service removes the temporary files an earlier, killed process left in the output folder."""
-    out = tmp_path / "out"
+    out = settings.output_dir
     out.mkdir()
     (out / ".boom-1.wav.x1.part").write_bytes(b"interrupted")
-    async with open_job_service(
-        api_key=None, gateway_url="http://127.0.0.1:9", state_dir=tmp_path / "state", output_dir=out
-    ):
+    async with open_job_service(settings):
         with anyio.fail_after(10):
             while list(out.glob(".*.part")):  # noqa: ASYNC110 (the clean-up runs in the background)
                 await anyio.sleep(0.02)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import pytest
+from pydantic import SecretStr
 
 from mmaudio_mcp.jobs import SERVER, open_job_service
 from mmaudio_mcp.models import GenerationParams, JobStatus
@@ -35,16 +36,15 @@ def postgres() -> Iterator[Postgres]:
 
 
 def replica(settings: Settings, transport: httpx2.ASGITransport, url: str) -> AbstractAsyncContextManager[JobService]:
-    return open_job_service(
-        api_key=settings.api_key,
-        gateway_url=settings.gateway_url,
-        state_dir=settings.state_dir,
-        output_dir=settings.output_dir,
-        http_transport=transport,
-        policy=PollPolicy(),  # real time: with webhooks on, the fallback poll is ~28 s after the submit
-        webhook_base="http://127.0.0.1:9/unreachable",  # the sandbox's own callbacks go nowhere
-        database_url=url,
+    replica_settings = settings.model_copy(
+        update={
+            "transport": "streamable-http",
+            "public_url": "http://127.0.0.1:9/unreachable",  # webhooks on; the sandbox's own callbacks go nowhere
+            "database_url": SecretStr(url),
+        }
     )
+    # real time: with webhooks on, the fallback poll is ~28 s after the submit
+    return open_job_service(replica_settings, http_transport=transport, policy=PollPolicy())
 
 
 @pytest.fixture

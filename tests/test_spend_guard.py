@@ -13,6 +13,7 @@ from mcp import Client, StdioServerParameters
 from mmaudio_mcp.ledger import DEFAULT_SPEND_CAP, DEFAULT_SPEND_WINDOW_MINUTES, SpendCap
 from mmaudio_mcp.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
 from mmaudio_mcp.server import build_server
+from mmaudio_mcp.settings import Settings
 from mmaudio_mcp.transport import serve_on_loopback
 from tests.conftest import POLICY, SPEED
 from tests.processes import server_env
@@ -25,7 +26,11 @@ if TYPE_CHECKING:
     from mcp.types import CallToolResult
 
     from mmaudio_mcp.sandbox import Sandbox
-    from mmaudio_mcp.settings import Settings
+
+
+def capped(settings: Settings, jobs: int, window_minutes: float) -> Settings:
+    """The settings with a spending guard of `jobs` paid submits per `window_minutes`."""
+    return settings.model_copy(update={"spend_cap": jobs, "spend_window_minutes": window_minutes})
 
 
 def text_of(result: CallToolResult) -> str:
@@ -39,7 +44,7 @@ def args(n: int, **more: Any) -> dict[str, Any]:
 async def test_the_cap_refuses_the_next_submit_and_says_how_many_were_paid_and_how_to_raise_it(
     settings: Settings, transport: httpx2.ASGITransport, sandbox: Sandbox
 ) -> None:
-    server = build_server(settings, http_transport=transport, policy=POLICY, spend_cap=SpendCap(2, 30))
+    server = build_server(capped(settings, *(2, 30)), http_transport=transport, policy=POLICY)
     async with Client(server) as client:
         paid = [await client.call_tool("generate_audio", args(n)) for n in range(2)]
         assert not any(result.is_error for result in paid)
@@ -63,7 +68,7 @@ async def test_check_status_and_a_re_attached_call_are_not_counted(
     settings: Settings, transport: httpx2.ASGITransport, sandbox: Sandbox
 ) -> None:
     """With a cap of 1, the one paid job can be waited on with check_status and joined by the call made again."""
-    server = build_server(settings, http_transport=transport, policy=POLICY, spend_cap=SpendCap(1, 60))
+    server = build_server(capped(settings, *(1, 60)), http_transport=transport, policy=POLICY)
     arguments = {"prompt": "a door creaks open slowly", "duration": 8, "wait_seconds": 20}
     async with Client(server) as client:
         await cancelled_mid_wait(client, arguments)
@@ -81,7 +86,7 @@ async def test_check_status_and_a_re_attached_call_are_not_counted(
 async def test_a_zero_cap_turns_the_guard_off(
     settings: Settings, transport: httpx2.ASGITransport, sandbox: Sandbox
 ) -> None:
-    server = build_server(settings, http_transport=transport, policy=POLICY, spend_cap=SpendCap(0, 60))
+    server = build_server(capped(settings, *(0, 60)), http_transport=transport, policy=POLICY)
     async with Client(server) as client:
         for n in range(3):
             assert not (await client.call_tool("generate_audio", args(n))).is_error
@@ -89,15 +94,39 @@ async def test_a_zero_cap_turns_the_guard_off(
 
 
 def test_the_default_is_documented_and_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert SpendCap.from_env() == SpendCap(DEFAULT_SPEND_CAP, DEFAULT_SPEND_WINDOW_MINUTES) == SpendCap(60, 60)
+    """60 jobs per 60 minutes unless MMAUDIO_SPEND_CAP / MMAUDIO_SPEND_WINDOW_MINUTES say otherwise (read by the
+    settings, like every other variable)."""
+    monkeypatch.delenv("MMAUDIO_SPEND_CAP", raising=False)
+    monkeypatch.delenv("MMAUDIO_SPEND_WINDOW_MINUTES", raising=False)
+    default = Settings()
+    assert (default.spend_cap, default.spend_window_minutes) == (DEFAULT_SPEND_CAP, DEFAULT_SPEND_WINDOW_MINUTES)
+    assert SpendCap() == SpendCap(DEFAULT_SPEND_CAP, DEFAULT_SPEND_WINDOW_MINUTES) == SpendCap(60, 60)
     monkeypatch.setenv("MMAUDIO_SPEND_CAP", "5")
     monkeypatch.setenv("MMAUDIO_SPEND_WINDOW_MINUTES", "10")
-    assert SpendCap.from_env() == SpendCap(5, 10)
+    assert (Settings().spend_cap, Settings().spend_window_minutes) == (5, 10)
     from pathlib import Path
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert "MMAUDIO_SPEND_CAP" in readme
     assert "MMAUDIO_SPEND_WINDOW_MINUTES" in readme
+
+
+def test_out_of_range_numbers_are_clamped_and_a_non_number_is_ignored_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A negative cap is 0 (the guard off), a fractional one is truncated, a window under 0.1 minutes is 0.1, and
+    a value that is not a number keeps the default and is named in a warning, instead of stopping the server."""
+    monkeypatch.setenv("MMAUDIO_SPEND_CAP", "-3")
+    monkeypatch.setenv("MMAUDIO_SPEND_WINDOW_MINUTES", "0")
+    assert (Settings().spend_cap, Settings().spend_window_minutes) == (0, 0.1)
+    monkeypatch.setenv("MMAUDIO_SPEND_CAP", "2.7")
+    monkeypatch.setenv("MMAUDIO_SPEND_WINDOW_MINUTES", "99999999")
+    assert (Settings().spend_cap, Settings().spend_window_minutes) == (2, 7 * 24 * 60)
+    monkeypatch.setenv("MMAUDIO_SPEND_CAP", "lots")
+    monkeypatch.setenv("MMAUDIO_SPEND_WINDOW_MINUTES", " ")
+    with caplog.at_level("WARNING"):
+        assert (Settings().spend_cap, Settings().spend_window_minutes) == (60, 60)
+    assert "ignoring MMAUDIO_SPEND_CAP='lots': not a number" in caplog.text
 
 
 @pytest.mark.e2e

@@ -13,7 +13,8 @@ import pytest
 
 from mmaudio_mcp.errors import StoreError
 from mmaudio_mcp.models import AudioFile, GenerationParams, JobRecord, JobStatus
-from mmaudio_mcp.store import SCHEMA_VERSION, LeaseLostError, Leases, SqliteJobStore
+from mmaudio_mcp.settings import Settings
+from mmaudio_mcp.store import DEFAULT_LEASE_SECONDS, SCHEMA_VERSION, LeaseLostError, Leases, SqliteJobStore
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -285,3 +286,18 @@ async def test_a_state_folder_deleted_while_running_is_recreated_not_written_int
     reopened = await SqliteJobStore.open(state)
     assert [row.local_id for row in await reopened.recent()] == ["local-2"]
     await reopened.aclose()
+
+
+def test_the_lease_length_is_clamped_to_half_a_second_to_ten_minutes(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MMAUDIO_LEASE_SECONDS (tests shorten it) is kept within 0.5-600 s; a value that is not a number keeps the
+    20 s default and is named in a warning."""
+    monkeypatch.setenv("MMAUDIO_LEASE_SECONDS", "0.01")
+    assert Settings().lease_seconds == 0.5
+    monkeypatch.setenv("MMAUDIO_LEASE_SECONDS", "9999")
+    assert Settings().lease_seconds == 600
+    monkeypatch.setenv("MMAUDIO_LEASE_SECONDS", "soon")
+    with caplog.at_level("WARNING"):
+        assert Settings().lease_seconds == DEFAULT_LEASE_SECONDS == 20
+    assert "ignoring MMAUDIO_LEASE_SECONDS='soon': not a number of seconds" in caplog.text

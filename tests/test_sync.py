@@ -11,11 +11,9 @@ import sys
 from typing import TYPE_CHECKING
 
 import pytest
-from pydantic import SecretStr
 
 from mmaudio_mcp.errors import InvalidArgumentError
 from mmaudio_mcp.jobs import open_job_service
-from mmaudio_mcp.sandbox import SANDBOX_API_KEY
 from mmaudio_mcp.sync import adopt_from_store, load_project, plan, run
 from tests.conftest import POLICY
 
@@ -27,6 +25,7 @@ if TYPE_CHECKING:
 
     from mmaudio_mcp.jobs import JobService
     from mmaudio_mcp.sandbox import Sandbox
+    from mmaudio_mcp.settings import Settings
     from mmaudio_mcp.sync import Outcome
 
 SOUNDS = """
@@ -53,15 +52,8 @@ format = "wav"
 
 
 @pytest.fixture
-async def jobs(tmp_path: Path, transport: httpx2.ASGITransport) -> AsyncIterator[JobService]:
-    async with open_job_service(
-        api_key=SecretStr(SANDBOX_API_KEY),
-        gateway_url="http://127.0.0.1:8787",
-        state_dir=tmp_path / "state",
-        output_dir=tmp_path / "out",
-        http_transport=transport,
-        policy=POLICY,
-    ) as service:
+async def jobs(settings: Settings, transport: httpx2.ASGITransport) -> AsyncIterator[JobService]:
+    async with open_job_service(settings, http_transport=transport, policy=POLICY) as service:
         yield service
 
 

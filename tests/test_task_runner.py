@@ -33,14 +33,7 @@ async def test_an_expired_task_is_not_found_and_an_internal_error_fails_the_task
     settings: Settings, transport: httpx2.ASGITransport
 ) -> None:
     async with (
-        open_job_service(
-            api_key=settings.api_key,
-            gateway_url=settings.gateway_url,
-            state_dir=settings.state_dir,
-            output_dir=settings.output_dir,
-            http_transport=transport,
-            policy=POLICY,
-        ) as jobs,
+        open_job_service(settings, http_transport=transport, policy=POLICY) as jobs,
         anyio.create_task_group() as workers,
     ):
         ledger = jobs.ledger

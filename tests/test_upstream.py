@@ -28,7 +28,6 @@ from tests.conftest import POLICY, SPEED
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-    from pathlib import Path
 
     from mcp.types import CallToolResult
 
@@ -174,17 +173,11 @@ async def test_a_dripping_download_never_holds_a_call_past_its_wait(dripping_med
 
 
 @pytest.fixture
-async def skewed(tmp_path: Path) -> AsyncIterator[JobService]:
+async def skewed(settings: Settings) -> AsyncIterator[JobService]:
     """A job service on a gateway whose clock is ten minutes behind ours and whose zone-less stamps are in UTC+2."""
     sandbox = Sandbox(SandboxConfig(speed=SPEED, clock_skew_seconds=-600, plain_stamp_offset_hours=2))
     async with open_job_service(
-        api_key=SecretStr(SANDBOX_API_KEY),
-        gateway_url="http://127.0.0.1",
-        state_dir=tmp_path / "state",
-        output_dir=tmp_path / "out",
-        http_transport=httpx2.ASGITransport(app=sandbox.app),
-        policy=POLICY,
-        limits=Limits(),
+        settings, http_transport=httpx2.ASGITransport(app=sandbox.app), policy=POLICY, limits=Limits()
     ) as service:
         yield service
 
