@@ -48,8 +48,14 @@ HTTP_ONLY = {
     "MMAUDIO_HTTP_TOKEN",
     "MMAUDIO_PUBLIC_URL",
     "MMAUDIO_ALLOWED_HOSTS",
+    "MMAUDIO_STATELESS",
+    "MMAUDIO_DATABASE_URL",
+    "MMAUDIO_STORAGE_URL",
+    "MMAUDIO_PRESIGN_SECONDS",
+    "MMAUDIO_REQUEST_STATE_KEY",
 }
-"""Settings that mean something only to the HTTP transports: the stdio package leaves them out."""
+"""Settings that mean something only to the HTTP transports (replicas among them): the stdio package leaves them
+out."""
 REQUIRED = {"stdio": {"PIXAZO_API_KEY"}, "streamable-http": set[str]()}
 """Settings without which no generation can succeed (the server still starts: test_stdio shows the error). Over
 HTTP each client may bring its own key in a header instead, so the server's key is optional there."""
@@ -229,6 +235,15 @@ def test_the_settings_read_only_the_variables_server_json_declares(monkeypatch: 
         "port": "1234",
         "allowed_hosts": "elsewhere.example",
         "public_url": "https://elsewhere.example",
+        "allowed_dirs": "/elsewhere",
+        "database_url": "postgresql://elsewhere.example/db",
+        "storage_url": "s3://elsewhere/audio",
+        "request_state_key": "generic-" * 8,
+        "stateless": "1",
+        "spend_cap": "1",
+        "spend_window_minutes": "1",
+        "lease_seconds": "1",
+        "presign_seconds": "60",
     }
     assert set(generic) == set(Settings.model_fields), "add a sample for the new setting"
     for name in setting_fields():
