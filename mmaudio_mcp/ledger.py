@@ -15,7 +15,6 @@ Times are Unix seconds (wall clock, shared by processes on one machine).
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import anyio
 import anyio.to_thread
 
-from mmaudio_mcp.errors import StoreError
+from mmaudio_mcp.database_faults import database_error
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -345,13 +344,7 @@ class Ledger:
                 self._conn = conn
             return work(self._conn)
         except (sqlite3.Error, OSError) as exc:
-            detail = str(exc) or type(exc).__name__
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                detail = "the disk is full"
-            raise StoreError(
-                f"The job database {self.path} cannot be used ({detail}). Check that MMAUDIO_STATE_DIR is a "
-                "writable folder with free space."
-            ) from exc
+            raise database_error(self.path, exc) from exc
 
 
 async def _shielded(work: Awaitable[_T]) -> _T:

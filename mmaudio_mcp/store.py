@@ -27,7 +27,6 @@ never blocks on disk. Times in lease columns are Unix seconds (wall clock, share
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import hmac
 import logging
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeVar
 import anyio
 import anyio.to_thread
 
+from mmaudio_mcp.database_faults import database_error
 from mmaudio_mcp.errors import StoreError
 from mmaudio_mcp.models import JobRecord, JobStatus
 
@@ -361,9 +361,9 @@ class SqliteJobStore:
             # Autocommit: every statement is its own durable transaction, committed before we return.
             return work(self._conn)
         except sqlite3.Error as exc:
-            raise _store_error(self.path, exc) from exc
+            raise database_error(self.path, exc) from exc
         except OSError as exc:
-            raise _store_error(self.path, exc) from exc
+            raise database_error(self.path, exc) from exc
 
 
 def _merge_row(conn: sqlite3.Connection, record: JobRecord, fence: str | None) -> JobRecord:
@@ -462,52 +462,6 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     except BaseException:
         _rollback(conn)
         raise
-
-
-def _folder_state(folder: Path) -> tuple[bool, bool]:
-    """Whether the folder is read-only (or not writable by us), and whether its disk is full; (False, False) if it
-    cannot be told (for example, the folder does not exist)."""
-    try:
-        disk = os.statvfs(folder)
-    except OSError:
-        return False, False
-    read_only = bool(disk.f_flag & os.ST_RDONLY) or not os.access(folder, os.W_OK)
-    return read_only, disk.f_bavail * disk.f_frsize < 64 * 1024
-
-
-def _store_error(path: Path, exc: sqlite3.Error | OSError) -> StoreError:
-    """Say what is wrong with the job database and what to do about it."""
-    detail = str(exc) or type(exc).__name__
-    text = detail.lower()
-    recover = "jobs already submitted can be resumed with check_status(request_id=...), which asks Pixazo again"
-    read_only, full = _folder_state(path.parent)
-    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "full" in text or full:
-        return StoreError(
-            f"The job database {path} cannot be written: the disk is full. Free some space (or point "
-            "MMAUDIO_STATE_DIR at another disk) and try again."
-        )
-    if (
-        (isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM))
-        or "readonly" in text
-        or read_only
-    ):
-        return StoreError(
-            f"The job database {path} cannot be written ({detail}): its folder is read-only or not yours. Make "
-            "it writable, or point MMAUDIO_STATE_DIR at a writable folder."
-        )
-    if "unable to open" in text or isinstance(exc, OSError):
-        return StoreError(
-            f"The job database {path} cannot be opened ({detail}). Check that its folder exists and is writable, "
-            "or point MMAUDIO_STATE_DIR at another folder."
-        )
-    if "locked" in text or "busy" in text:
-        return StoreError(
-            f"The job database {path} stayed locked by another process for over 10 s ({detail}); try again."
-        )
-    return StoreError(
-        f"The job database {path} is unreadable or damaged ({detail}). Move it aside (for example "
-        f"`mv {path} {path}.broken`) and start again: a new one is created, and {recover}."
-    )
 
 
 __all__ = [
