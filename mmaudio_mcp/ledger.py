@@ -154,12 +154,13 @@ def fingerprint(params: GenerationParams, owner: str | None, extra: str | None) 
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
-def _alive(holder: str) -> bool:
-    """Whether the process that made a call may still be running (a holder on another machine is assumed alive)."""
+def process_alive(holder: str) -> bool | None:
+    """Whether the process that made a call still runs: True or False for a holder on this machine, None for one on
+    another machine (which only its leases can vouch for)."""
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
     if host != socket.gethostname() or not pid.isdigit():
-        return True
+        return None
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -167,6 +168,11 @@ def _alive(holder: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _alive(holder: str) -> bool:
+    """Whether a call's process may still be running (a holder on another machine is assumed alive)."""
+    return process_alive(holder) is not False
 
 
 class Ledger:
@@ -371,6 +377,7 @@ __all__ = [
     "Spent",
     "TaskRow",
     "fingerprint",
+    "process_alive",
     "read_spent",
     "spend_summary",
 ]

@@ -13,13 +13,12 @@ Same rules as `mmaudio_mcp.ledger.Ledger` (SQLite), in the tables `mmaudio_calls
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import astuple
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from mmaudio_mcp.ledger import REATTACH_SECONDS, Ledger, Spent, TaskRow
+from mmaudio_mcp.ledger import REATTACH_SECONDS, Ledger, Spent, TaskRow, process_alive
 
 if TYPE_CHECKING:
     from mmaudio_mcp.ledger import SpendCap
@@ -49,7 +48,7 @@ class PostgresLedger(Ledger):
                     fingerprint,
                     time.time() - window,
                 )
-                alive = {row[0]: row[3] == "running" and (row[4] or _alive_here(row[2])) for row in rows}
+                alive = {row[0]: row[3] == "running" and (row[4] or process_alive(row[2]) is True) for row in rows}
                 found = [row for row in rows if row[1] is not None and (row[3] == "abandoned" or not alive[row[0]])]
                 for row in found:
                     await conn.execute("UPDATE mmaudio_calls SET state = 'taken' WHERE call_id = $1", row[0])
@@ -179,21 +178,6 @@ async def _spent(conn: Any, owner: str, window: float) -> Spent:
 def _task(row: Any) -> TaskRow:
     values = tuple(row)
     return TaskRow(values[0], values[1] or None, *values[2:])
-
-
-def _alive_here(holder: str) -> bool:
-    """Whether a holder on this machine still runs (one on another machine is judged by its leases alone)."""
-    host, _, rest = holder.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 __all__ = ["PostgresLedger"]
