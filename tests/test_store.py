@@ -5,32 +5,19 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import anyio
 import pytest
 
 from mmaudio_mcp.errors import StoreError
-from mmaudio_mcp.models import AudioFile, GenerationParams, JobRecord, JobStatus
+from mmaudio_mcp.models import JobStatus
 from mmaudio_mcp.settings import Settings
 from mmaudio_mcp.store import DEFAULT_LEASE_SECONDS, SCHEMA_VERSION, LeaseLostError, Leases, SqliteJobStore
+from tests.records import T0, audio, record
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
-
-
-def record(n: int, status: JobStatus = JobStatus.QUEUED, *, request_id: str | None = "auto") -> JobRecord:
-    return JobRecord(
-        local_id=f"local-{n}",
-        request_id=f"mmaudio-v2-text-to-audio_{n:08d}" if request_id == "auto" else request_id,
-        status=status,
-        params=GenerationParams(prompt=f"sound {n}"),
-        created_at=T0 + timedelta(seconds=n),
-        updated_at=T0 + timedelta(seconds=n),
-    )
 
 
 async def test_rows_survive_closing_and_reopening(tmp_path: Path) -> None:
@@ -114,20 +101,6 @@ async def test_owner_hashes_are_salted_stable_and_never_the_key(tmp_path: Path) 
 
 
 # --- many processes on one store: merged writes, leases, fencing ---------------------------------------------------
-
-
-def audio(name: str) -> AudioFile:
-    return AudioFile(
-        path=f"/music/{name}",
-        uri=f"file:///music/{name}",
-        bytes=10,
-        sha256=name * 4,
-        sample_rate=44100,
-        channels=2,
-        sample_format="pcm16",
-        duration_seconds=1.0,
-        format=name.rsplit(".", 1)[-1],
-    )
 
 
 async def test_simultaneous_variants_from_stale_records_are_all_kept(tmp_path: Path) -> None:

@@ -7,23 +7,22 @@ connection(s)."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import pytest
 
 from mmaudio_mcp.errors import StoreError
-from mmaudio_mcp.models import AudioFile, GenerationParams, JobRecord, JobStatus
+from mmaudio_mcp.models import JobRecord, JobStatus
 from mmaudio_mcp.pgstore import PostgresJobStore, redacted
 from mmaudio_mcp.store import LeaseLostError, Leases, SqliteJobStore
+from tests.records import audio, record
 from tests.services import Postgres, start_postgres
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
     from pathlib import Path
 
-T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 RID = "mmaudio-v2-text-to-audio_00000001"
 
 
@@ -65,31 +64,6 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], A
         return await PostgresJobStore.open(url)
 
     return postgresql
-
-
-def record(n: int, status: JobStatus = JobStatus.QUEUED, *, request_id: str | None = "auto") -> JobRecord:
-    return JobRecord(
-        local_id=f"local-{n}",
-        request_id=f"mmaudio-v2-text-to-audio_{n:08d}" if request_id == "auto" else request_id,
-        status=status,
-        params=GenerationParams(prompt=f"sound {n}"),
-        created_at=T0 + timedelta(seconds=n),
-        updated_at=T0 + timedelta(seconds=n),
-    )
-
-
-def audio(name: str) -> AudioFile:
-    return AudioFile(
-        path=f"/music/{name}",
-        uri=f"file:///music/{name}",
-        bytes=10,
-        sha256=name * 4,
-        sample_rate=44100,
-        channels=2,
-        sample_format="pcm16",
-        duration_seconds=1.0,
-        format=name.rsplit(".", 1)[-1],
-    )
 
 
 async def test_rows_survive_reopening_and_update_in_place(open_store: Callable[[], Awaitable[Store]]) -> None:
