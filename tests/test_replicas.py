@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
-LEASE = 2.0
+LEASE = 5.0
+"""Short enough for the takeover test, long enough that a replica stalled by a loaded 2-core CI machine keeps its
+lease (at 2 s one CI run saw a stalled holder lose it and the job fetched twice)."""
 SPEED = 0.3
 """Sandbox time factor: an 8 s / 25-step job takes about 6 s."""
 ERAS = ["legacy", "2026-07-28"]
