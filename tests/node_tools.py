@@ -6,15 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx2
 import pytest
 
-from tests.processes import free_port, server_env
+from tests.processes import free_port, server_env, wait_healthy
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -53,16 +51,7 @@ def http_server(home: Path, *args: str, **env: str) -> Iterator[str]:
     command += ["--port", str(port), *args]
     process = subprocess.Popen(command, env=server_env(home, **env), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
+        wait_healthy(process, f"http://127.0.0.1:{port}")
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         process.terminate()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import httpx2
 from anyio.streams.text import TextReceiveStream
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import AsyncIterator
     from pathlib import Path
 
@@ -30,6 +35,30 @@ def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path / "home")}
     env |= {"MMAUDIO_OUTPUT_DIR": str(tmp_path / "out"), "MMAUDIO_STATE_DIR": str(tmp_path / "state")}
     return env | extra
+
+
+def wait_healthy(process: subprocess.Popen[Any], url: str, *, within: float = 30.0) -> None:
+    """Block until `url`/healthz answers 200; fail with the server's stderr if it exits first, or after `within` s."""
+    deadline = time.monotonic() + within
+    while True:
+        with contextlib.suppress(httpx2.TransportError):
+            if httpx2.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        assert process.poll() is None, process.stderr.read() if process.stderr else f"the server exited: {url}"
+        assert time.monotonic() < deadline, f"the server did not answer {url}/healthz within {within} s"
+        time.sleep(0.1)
+
+
+async def until_healthy(process: Process, url: str, *, within: float = 30.0) -> None:
+    """Wait until `url`/healthz answers 200; fail if the server exits first, or after `within` s."""
+    async with httpx2.AsyncClient(timeout=2) as http:
+        with anyio.fail_after(within):
+            while process.returncode is None:
+                with contextlib.suppress(httpx2.TransportError):
+                    if (await http.get(f"{url}/healthz")).status_code == 200:
+                        return
+                await anyio.sleep(0.05)
+    raise AssertionError(f"the server exited with {process.returncode} before it was healthy")
 
 
 class RawSession:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import httpx2
 import pytest
 
-from tests.processes import free_port
+from tests.processes import free_port, wait_healthy
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -181,14 +181,7 @@ def assert_serves(document: str, lines: list[str], env: dict[str, str], checkout
             assert select.select([process.stderr], [], [], 60)[0], f"{document}: {serve}: no 'serving' line: {seen}"
             seen.append(process.stderr.readline())
             assert seen[-1], f"{document}: {serve} exited: {seen}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                assert httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
-                break
-            except httpx2.TransportError:
-                assert time.monotonic() < deadline, f"{document}: {serve}: /healthz never answered"
-                time.sleep(0.2)
+        wait_healthy(process, f"http://127.0.0.1:{port}")
         process.terminate()
         process.wait(timeout=30)
 

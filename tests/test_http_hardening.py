@@ -17,7 +17,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from mmaudio_mcp.http_guard import RepeatFilter, connection_cap, guarded_protocol
-from tests.processes import free_port, server_env
+from tests.processes import free_port, server_env, until_healthy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -56,14 +56,7 @@ async def test_an_authenticated_ping_is_answered_while_300_half_open_requests_ho
             ["sh", "-c", f"{command} --port {port}"], env=env, stdout=log, stderr=log
         ) as server:
             try:
-                async with httpx2.AsyncClient() as http:
-                    with anyio.fail_after(20):
-                        while True:
-                            try:
-                                if (await http.get(f"{url}/healthz")).status_code == 200:
-                                    break
-                            except httpx2.TransportError:
-                                await anyio.sleep(0.1)
+                await until_healthy(server, url, within=20)
                 held: list[SocketStream] = []
                 async with anyio.create_task_group() as tasks:
                     for _ in range(HALF_OPEN):

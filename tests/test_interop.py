@@ -16,17 +16,15 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import venv
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx2
 import pytest
 
 from tests.node_tools import NODE_DIR, install_node_packages, require_npm
-from tests.processes import free_port, server_env
+from tests.processes import free_port, server_env, wait_healthy
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -73,16 +71,7 @@ def served(transport: str, home: Path) -> Iterator[list[str]]:
     env = server_env(home, MMAUDIO_HTTP_TOKEN=TOKEN)
     process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
+        wait_healthy(process, f"http://127.0.0.1:{port}")
         path = "sse" if transport == "sse" else "mcp"
         yield ["http" if transport == "streamable-http" else "sse", f"http://127.0.0.1:{port}/{path}"]
     finally:

@@ -28,7 +28,7 @@ from pydantic import AliasChoices, SecretStr
 import mmaudio_mcp
 from mmaudio_mcp.server import CLIENT_KEY_HEADER
 from mmaudio_mcp.settings import Settings
-from tests.processes import free_port, server_env
+from tests.processes import free_port, server_env, until_healthy
 
 if TYPE_CHECKING:
     import pytest
@@ -296,15 +296,8 @@ async def test_the_http_package_as_described_serves_mcp_at_its_url_with_its_head
     command = [sys.executable, "-m", "mmaudio_mcp", "--sandbox"]
     async with await anyio.open_process(command, env=env, stdout=subprocess.DEVNULL, stderr=None) as process:
         try:
+            await until_healthy(process, f"http://127.0.0.1:{port}")
             async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30)) as http:
-                with anyio.fail_after(30):
-                    while True:
-                        try:
-                            if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
-                                break
-                        except httpx2.TransportError:
-                            pass
-                        await anyio.sleep(0.1)
                 async with Client(streamable_http_client(url, http_client=http)) as client:
                     assert {tool.name for tool in (await client.list_tools()).tools} == TOOLS
                 refused = await http.post(url, json={}, headers={"Authorization": "Bearer wrong"})

@@ -21,7 +21,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mmaudio_mcp.sandbox import SandboxConfig, create_sandbox
 from mmaudio_mcp.transport import serve_on_loopback
-from tests.processes import free_port, server_env
+from tests.processes import free_port, server_env, until_healthy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -52,17 +52,6 @@ async def http_server(tmp_path: Path, env: dict[str, str], *args: str) -> AsyncI
                 yield process, url
             finally:
                 await stop(process)
-
-
-async def until_healthy(process: Process, url: str) -> None:
-    async with httpx2.AsyncClient(timeout=2) as http:
-        with anyio.fail_after(30):
-            while process.returncode is None:
-                with contextlib.suppress(httpx2.HTTPError):
-                    if (await http.get(f"{url}/healthz")).status_code == 200:
-                        return
-                await anyio.sleep(0.05)
-    raise AssertionError(f"the server exited with {process.returncode} before it was healthy")
 
 
 async def stop(process: Process) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from mmaudio_mcp.sandbox import SANDBOX_API_KEY, Fault, FaultKind, SandboxConfig, create_sandbox
 from mmaudio_mcp.transport import serve_on_loopback
-from tests.processes import RawSession, free_port, server_env
+from tests.processes import RawSession, free_port, server_env, until_healthy
 from tests.test_schema_versions import check as core_check
 
 if TYPE_CHECKING:
@@ -175,16 +175,9 @@ async def http_server(tmp_path: Path, gateway_url: str) -> AsyncGenerator[str]:
     port = free_port()
     env = server_env(tmp_path, PIXAZO_GATEWAY_URL=gateway_url, PIXAZO_API_KEY=SANDBOX_API_KEY)
     command = [sys.executable, "-m", "mmaudio_mcp", "serve", "--transport", "streamable-http", "--port", str(port)]
-    async with await anyio.open_process(command, env=env) as process, httpx2.AsyncClient() as http:
+    async with await anyio.open_process(command, env=env) as process:
         try:
-            with anyio.fail_after(30):
-                while True:
-                    try:
-                        if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
-                            break
-                    except httpx2.TransportError:
-                        pass
-                    await anyio.sleep(0.1)
+            await until_healthy(process, f"http://127.0.0.1:{port}")
             yield f"http://127.0.0.1:{port}/mcp"
         finally:
             process.terminate()
