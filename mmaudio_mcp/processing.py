@@ -48,7 +48,7 @@ import math
 import os
 import shutil
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal, TypeAlias, cast
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -66,6 +66,9 @@ if TYPE_CHECKING:
     """Samples as (frames, channels), float64 while they are worked on."""
 
 AudioFormat = Literal["wav", "flac", "ogg", "mp3"]
+
+DEFAULT_TARGET_LUFS: Final = -16.0
+"""The loudness to normalize to when none is named (-16 LUFS, the usual target for streamed and game audio)."""
 
 MP3_SAMPLE_RATES = frozenset({8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000})
 """The only rates MPEG-1/2/2.5 Layer III can carry."""
@@ -121,7 +124,11 @@ class ProcessOptions(BaseModel):
     )
     normalize: bool = Field(default=False, description="Set the integrated loudness to target_lufs.")
     target_lufs: float = Field(
-        default=-16.0, ge=-40.0, le=-5.0, allow_inf_nan=False, description="Loudness target in LUFS (0.1 steps)."
+        default=DEFAULT_TARGET_LUFS,
+        ge=-40.0,
+        le=-5.0,
+        allow_inf_nan=False,
+        description="Loudness target in LUFS (0.1 steps).",
     )
     true_peak_db: float = Field(
         default=-1.0,
@@ -179,6 +186,21 @@ class ProcessOptions(BaseModel):
         if self.loop:
             parts.append("loop")
         return "-".join(parts)
+
+
+_ASKED_AS_NAMED: Final = ("format", "sample_rate", "channels", "trim_silence", "fade_ms", "loop")
+"""The options the command line and sounds.toml name exactly as ProcessOptions does."""
+
+
+def asked_options(asked: object, loudness: float | bool | None) -> ProcessOptions:
+    """The options a face asks for: the attributes of `asked` named as in ProcessOptions (format, sample_rate,
+    channels, trim_silence, fade_ms, loop), and `loudness`: a target in LUFS, True for DEFAULT_TARGET_LUFS, or
+    None (or False) to leave the loudness alone."""
+    named = {name: getattr(asked, name) for name in _ASKED_AS_NAMED}
+    if loudness is None or loudness is False:
+        return ProcessOptions(**named)
+    target = DEFAULT_TARGET_LUFS if loudness is True else loudness
+    return ProcessOptions(normalize=True, target_lufs=target, **named)
 
 
 def _rate_key(rate: int) -> str:

@@ -45,7 +45,7 @@ from mmaudio_mcp.models import (
     explain_validation_error,
 )
 from mmaudio_mcp.placement import resolve_destination
-from mmaudio_mcp.processing import ProcessOptions
+from mmaudio_mcp.processing import asked_options
 
 if TYPE_CHECKING:
     import argparse
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
     from mmaudio_mcp.jobs import JobService
     from mmaudio_mcp.models import AudioFile, AudioJob
+    from mmaudio_mcp.processing import ProcessOptions
     from mmaudio_mcp.settings import Settings
 
 LOCK_SUFFIX: Final = ".lock.json"
@@ -89,16 +90,7 @@ class Sound(BaseModel):
         )
 
     def options(self) -> ProcessOptions:
-        return ProcessOptions(
-            format=self.format,
-            sample_rate=self.sample_rate,
-            channels=self.channels,
-            normalize=self.loudness is not None,
-            target_lufs=self.loudness if self.loudness is not None else -16.0,
-            trim_silence=self.trim_silence,
-            fade_ms=self.fade_ms,
-            loop=self.loop,
-        )
+        return asked_options(self, self.loudness)
 
     def generation_hash(self) -> str:
         """What a paid job depends on: the same hash means the same job can be reused."""

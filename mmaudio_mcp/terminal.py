@@ -197,18 +197,9 @@ def require_key(args: argparse.Namespace, settings: Settings) -> None:
 
 def processing_options(args: argparse.Namespace) -> ProcessOptions:
     """The processing the command line asked for (none by default)."""
-    from mmaudio_mcp.processing import ProcessOptions
+    from mmaudio_mcp.processing import asked_options
 
-    return ProcessOptions(
-        format=args.format,
-        sample_rate=args.sample_rate,
-        channels=args.channels,
-        normalize=args.normalize is not None,
-        target_lufs=args.normalize if args.normalize is not None else -16.0,
-        trim_silence=args.trim_silence,
-        fade_ms=args.fade_ms,
-        loop=args.loop,
-    )
+    return asked_options(args, args.normalize)
 
 
 def status(args: argparse.Namespace, settings: Settings) -> int:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from mmaudio_mcp.audio import read_wav_info
-from mmaudio_mcp.cli import main
+from mmaudio_mcp.cli import _parser, main  # pyright: ignore[reportPrivateUsage]
 
 if TYPE_CHECKING:
     from mmaudio_mcp.settings import Settings
@@ -77,6 +77,22 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     usage = capsys.readouterr().out
     assert "--transport" in usage
     assert "--sandbox" in usage
+
+
+def test_normalize_alone_aims_at_the_default_target_that_its_help_names(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--normalize` without a number normalizes to processing's DEFAULT_TARGET_LUFS, the number `--help` shows
+    (the CLI spells the number in its help without importing the audio stack)."""
+    from mmaudio_mcp.processing import DEFAULT_TARGET_LUFS
+    from mmaudio_mcp.terminal import processing_options
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert f"loudness target (default {DEFAULT_TARGET_LUFS:g})" in " ".join(capsys.readouterr().out.split())
+    args = _parser().parse_args(["generate", "rain", "--normalize"])
+    options = processing_options(args)
+    assert options.normalize
+    assert options.target_lufs == DEFAULT_TARGET_LUFS
+    assert not processing_options(_parser().parse_args(["generate", "rain"])).normalize
 
 
 def test_the_sandbox_command_serves_the_fake_gateway_on_the_given_port(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, cast
 
 import av
@@ -16,7 +17,7 @@ import soundfile as sf  # pyright: ignore[reportMissingTypeStubs]  # typed inlin
 from pydantic import ValidationError
 
 from mmaudio_mcp.errors import InvalidArgumentError, InvalidAudioError
-from mmaudio_mcp.processing import ProcessedAudio, ProcessOptions, process_file
+from mmaudio_mcp.processing import DEFAULT_TARGET_LUFS, ProcessedAudio, ProcessOptions, asked_options, process_file
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -437,6 +438,19 @@ def test_bad_options_are_refused(bad: dict[str, object]) -> None:
     """Out-of-range, unknown or impossible options raise a pydantic ValidationError."""
     with pytest.raises(ValidationError):
         ProcessOptions.model_validate(bad)
+
+
+def test_a_face_asks_for_loudness_as_a_target_the_default_target_or_none() -> None:
+    """asked_options reads a loudness in LUFS as "normalize to it", True as the default target, None as "leave it";
+    the other options pass through by their ProcessOptions names."""
+    asked = SimpleNamespace(format="ogg", sample_rate=48000, channels=2, trim_silence=True, fade_ms=20, loop=False)
+    shaped = {"format": "ogg", "sample_rate": 48000, "channels": 2, "trim_silence": True, "fade_ms": 20}
+    assert asked_options(asked, -20.0) == ProcessOptions(normalize=True, target_lufs=-20.0, **shaped)
+    assert asked_options(asked, True) == ProcessOptions(normalize=True, target_lufs=DEFAULT_TARGET_LUFS, **shaped)
+    assert asked_options(asked, None) == ProcessOptions(**shaped)
+    assert asked_options(asked, None).target_lufs == DEFAULT_TARGET_LUFS == ProcessOptions().target_lufs
+    with pytest.raises(ValidationError):
+        asked_options(asked, -50.0)
 
 
 def test_options_are_frozen() -> None:
