@@ -25,13 +25,10 @@ import time
 from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-import anyio
-import anyio.to_thread
-
-from mmaudio_mcp.database_faults import database_error
+from mmaudio_mcp.sqlite_connection import SqliteConnection
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable
     from pathlib import Path
 
     from mmaudio_mcp.models import GenerationParams
@@ -180,9 +177,9 @@ class Ledger:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
-        self._lock = anyio.Lock()
+        # Shielded: each unit is short, and what it records must not be half-done (a cancelled call is recorded as
+        # such). The job store's connection to the same file says when the file was replaced; this one follows.
+        self._db = SqliteConnection(path, lambda conn: conn.executescript(_SCHEMA), shielded=True, says_replaced=False)
 
     @classmethod
     def in_folder(cls, state_dir: Path) -> Ledger:
@@ -322,42 +319,10 @@ class Ledger:
     # --- plumbing ---------------------------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        async with self._lock:
-            self._closed = True
-            if self._conn is not None:
-                conn, self._conn = self._conn, None
-                await anyio.to_thread.run_sync(conn.close)
+        await self._db.aclose()
 
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        async with self._lock:
-            if self._closed:
-                raise RuntimeError("the job store is closed")
-            # Shielded: short, and what it records must not be half-done (a cancelled call is recorded as such).
-            return await _shielded(anyio.to_thread.run_sync(self._work, work))
-
-    def _work(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        try:
-            if self._conn is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
-                try:
-                    conn.execute("PRAGMA journal_mode=WAL")
-                    conn.execute("PRAGMA synchronous=NORMAL")
-                    conn.executescript(_SCHEMA)
-                except BaseException:
-                    conn.close()
-                    raise
-                self._conn = conn
-            return work(self._conn)
-        except (sqlite3.Error, OSError) as exc:
-            raise database_error(self.path, exc) from exc
-
-
-async def _shielded(work: Awaitable[_T]) -> _T:
-    done: list[_T] = []
-    with anyio.CancelScope(shield=True):
-        done.append(await work)
-    return done[0]
+        return await self._db.run(work)
 
 
 def _spent(conn: sqlite3.Connection, owner: str, window: float) -> Spent:

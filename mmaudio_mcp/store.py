@@ -20,8 +20,9 @@ The store contract (what any backend, SQLite here or PostgreSQL later, must do; 
 6. **Faults are named.** A database that cannot be opened, read or written raises `StoreError` with its path and
    what to do; a state folder deleted while running is re-created (and logged), never written into while deleted.
 
-`SqliteJobStore` implements it in one WAL-mode file, `jobs.sqlite3`, driven from worker threads so the event loop
-never blocks on disk. Times in lease columns are Unix seconds (wall clock, shared by processes on one machine).
+`SqliteJobStore` implements it in one WAL-mode file, `jobs.sqlite3`, through a `SqliteConnection` driven from worker
+threads, so the event loop never blocks on disk. Times in lease columns are Unix seconds (wall clock, shared by
+processes on one machine).
 """
 
 from __future__ import annotations
@@ -38,11 +39,10 @@ import time
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeVar
 
 import anyio
-import anyio.to_thread
 
-from mmaudio_mcp.database_faults import database_error
 from mmaudio_mcp.errors import StoreError
 from mmaudio_mcp.models import JobRecord, JobStatus
+from mmaudio_mcp.sqlite_connection import SqliteConnection
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -253,10 +253,7 @@ class SqliteJobStore:
     def __init__(self, path: Path) -> None:
         """Name the database; it is opened (and created if needed) on first use."""
         self.path = path
-        self._conn: sqlite3.Connection | None = None
-        self._inode: tuple[int, int] | None = None
-        self._closed = False
-        self._lock = anyio.Lock()
+        self._db = SqliteConnection(path, lambda conn: _migrate(conn, path))
 
     @classmethod
     def in_folder(cls, state_dir: Path) -> SqliteJobStore:
@@ -326,44 +323,14 @@ class SqliteJobStore:
         return hmac.new(salt, api_key.encode(), hashlib.sha256).hexdigest()[:32]
 
     async def aclose(self) -> None:
-        async with self._lock:
-            self._closed = True
-            if self._conn is not None:
-                conn, self._conn = self._conn, None
-                await anyio.to_thread.run_sync(conn.close)
+        await self._db.aclose()
 
     async def _query(self, sql: str, args: tuple[object, ...]) -> list[JobRecord]:
         rows = await self._run(lambda conn: conn.execute(sql, args).fetchall())
         return [JobRecord.model_validate_json(row[0]) for row in rows]
 
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        async with self._lock:
-            if self._closed:
-                raise RuntimeError("the job store is closed")
-            return await anyio.to_thread.run_sync(self._work, work)
-
-    def _work(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run one unit of work on the connection (in a worker thread), opening or re-opening it as needed."""
-        try:
-            if self._conn is not None and self._inode != _inode(self.path):
-                # The state folder (or the file) was deleted or replaced under us: writing on would go into a file
-                # nobody will ever read again.
-                logger.warning(
-                    "the job database %s was deleted or replaced while the server ran; re-creating it (jobs "
-                    "recorded before are no longer listed; any of them can be resumed by request_id)",
-                    self.path,
-                )
-                self._conn.close()
-                self._conn = None
-            if self._conn is None:
-                self._conn = _connect(self.path)
-                self._inode = _inode(self.path)
-            # Autocommit: every statement is its own durable transaction, committed before we return.
-            return work(self._conn)
-        except sqlite3.Error as exc:
-            raise database_error(self.path, exc) from exc
-        except OSError as exc:
-            raise database_error(self.path, exc) from exc
+        return await self._db.run(work)
 
 
 def _merge_row(conn: sqlite3.Connection, record: JobRecord, fence: str | None) -> JobRecord:
@@ -417,29 +384,6 @@ def _salt(conn: sqlite3.Connection) -> bytes:
     """This installation's random salt for owner hashes, made on first use."""
     conn.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('owner_salt', ?)", (secrets.token_hex(16),))
     return bytes.fromhex(conn.execute("SELECT value FROM meta WHERE name = 'owner_salt'").fetchone()[0])
-
-
-def _inode(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return stat.st_dev, stat.st_ino
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    if not path.parent.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a crash of this process (only a power loss can drop the last commits).
-        conn.execute("PRAGMA synchronous=NORMAL")
-        _migrate(conn, path)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
