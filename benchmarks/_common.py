@@ -259,14 +259,16 @@ def cache_sandbox_audio(prompt: str, durations: Sequence[int]) -> None:
 def scale_sandbox_timestamps(scale: float) -> None:
     """Make the sandbox's plain timestamps (`completed_at`, `updated_at`) precise to `scale` seconds, not to 1 s.
 
-    Pixazo's `completed_at` has whole-second precision. At real speed that costs the ETA learner 0.5 s on average
-    on jobs of 10-90 s; with time compressed by `scale` the same truncation would be 1/scale times larger relative
-    to every job (at 0.05: ~10 real seconds), so it is scaled with the clock. Only the fake gateway is patched.
+    Pixazo's `completed_at` has whole-second precision. At real speed that blurs each job's measured time by
+    +-0.5 s (the server adds the half second that whole-second truncation takes off, seeing no fraction); with time
+    compressed by `scale` the same truncation would be 1/scale times larger relative to every job (at 0.05: ~10 real
+    seconds), so it is scaled with the clock, and rounded rather than truncated: stamps that keep a fraction do not
+    get the server's half-second, so this keeps the blur unbiased, as at real speed. Only the fake gateway is patched.
     """
     from mmaudio_mcp import sandbox
 
     def plain_utc(moment: float) -> str:
-        quantized = math.floor(moment / scale) * scale
+        quantized = round(moment / scale) * scale
         return datetime.fromtimestamp(quantized, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
     sandbox._plain_utc = plain_utc  # pyright: ignore[reportPrivateUsage]

@@ -1,9 +1,10 @@
 """Polling efficiency: status polls per job and completion-detection lag, adaptive vs fixed intervals vs webhooks.
 
-Each mode gets a fresh sandbox (same seed, jitter 0.3), a fresh server and a fresh state dir, and runs the same job
-mix (durations {2,4,8,15,30} x steps {10,25,50}) through the MCP tool `generate_audio` with a generous wait_seconds,
-a bounded number of calls in flight. Time runs at scale `s` (sandbox speed s, poll policies scaled by s); lags are
-reported divided by s, i.e. as real-time seconds. From the sandbox's per-job timings:
+Each mode gets a fresh sandbox (same seed, the same job-to-job jitter: +-5% by default, `--jitter`), a fresh server
+and a fresh state dir, and runs the same job mix (durations {2,4,8,15,30} x steps {10,25,50}) through the MCP tool
+`generate_audio` with a generous wait_seconds, a bounded number of calls in flight. Time runs at scale `s` (sandbox
+speed s, poll policies scaled by s); lags are reported divided by s, i.e. as real-time seconds. From the sandbox's
+per-job timings:
 
 * polls = status requests for the job;
 * lag = first_terminal_poll_at - completed_at (how long a finished job went unnoticed).
@@ -60,7 +61,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mmaudio_mcp.jobs import HISTORY_SIZE
 from mmaudio_mcp.sandbox import SandboxConfig, create_sandbox
-from mmaudio_mcp.schedule import PollPolicy, seconds_per_unit
+from mmaudio_mcp.schedule import Learned, PollPolicy, learn
 from mmaudio_mcp.server import build_server
 from mmaudio_mcp.store import SqliteJobStore
 from mmaudio_mcp.transport import Transport, http_app, serve_on_loopback
@@ -80,7 +81,9 @@ QUICK_DURATIONS: Final = (2, 4)  # --quick only proves it runs: short jobs
 QUICK_STEPS: Final = (10, 25)
 WARMUP_JOBS: Final = ((2, 10), (4, 25), (8, 25), (8, 50), (15, 10), (4, 50))
 QUICK_WARMUP_JOBS: Final = ((2, 10), (2, 25), (4, 10))
-JITTER: Final = 0.3
+JITTER: Final = 0.05
+"""Each job's processing time is the shape's times U(1 - jitter, 1 + jitter), unseen by the server (see BENCHMARKS.md
+on why +-5%, and on +-30%, where no poll schedule meets both targets)."""
 PROMPT: Final = "rain on a tin roof"  # one prompt, so the sandbox synthesizes each duration's WAV once
 WAIT_SECONDS: Final = 240.0  # per generate_audio call, in the server's (scaled) seconds: far above any job
 SANDBOX_TICK: Final = 0.02  # the sandbox's own webhook tick, in real seconds; scaled by s here
@@ -135,6 +138,8 @@ class ModeResult:
     missed: int = 0  # jobs whose terminal status was never polled
     webhooks_sent: int = 0
     learned_rate: float | None = None  # seconds per (second x step), real-time equivalent
+    learned_spread: float | None = None
+    schedules: list[dict[str, Any]] = field(default_factory=list[dict[str, Any]])
     errors: list[str] = field(default_factory=list[str])
 
     def summary(self) -> dict[str, Any]:
@@ -158,6 +163,7 @@ class ModeResult:
             "polls_total": sum(self.polls),
             "webhooks_sent": self.webhooks_sent,
             "learned_seconds_per_unit": self.learned_rate,
+            "learned_spread": self.learned_spread,
         }
 
 
@@ -247,13 +253,13 @@ def _connect(mode: Mode, settings: Settings, sandbox_url: str) -> AbstractAsyncC
     return _webhook_client(settings, mode.policy)
 
 
-async def _learned_rate(state_dir: Path, policy: PollPolicy, scale: float) -> float:
+async def _learned(state_dir: Path, policy: PollPolicy) -> Learned:
     store = await SqliteJobStore.open(state_dir)
     try:
         history = await store.recent(HISTORY_SIZE)
     finally:
         await store.aclose()
-    return seconds_per_unit(history, policy) / scale
+    return learn(history, policy)
 
 
 def _webhook_client(settings: Settings, policy: PollPolicy) -> AbstractAsyncContextManager[Client]:
@@ -300,7 +306,7 @@ async def _gateway(mode: Mode, args: argparse.Namespace, portal: BlockingPortal)
         argv = tuned_sandbox_argv(
             port,
             speed=scale,
-            jitter=JITTER,
+            jitter=args.jitter,
             seed=args.seed,
             webhook_tick=tick,
             cache_audio=(PROMPT, _audio_durations(args)),
@@ -317,7 +323,7 @@ async def _gateway(mode: Mode, args: argparse.Namespace, portal: BlockingPortal)
     cache_sandbox_audio(PROMPT, _audio_durations(args))
     if args.scale_timestamps:
         scale_sandbox_timestamps(scale)  # process-wide, for the rest of this run
-    sandbox = create_sandbox(SandboxConfig(speed=scale, jitter=JITTER, seed=args.seed))
+    sandbox = create_sandbox(SandboxConfig(speed=scale, jitter=args.jitter, seed=args.seed))
 
     async def local_jobs() -> dict[str, dict[str, Any]]:
         return {request_id: asdict(timing) for request_id, timing in sandbox.stats().jobs.items()}
@@ -336,7 +342,8 @@ async def run_mode(
 ) -> ModeResult:
     with tempfile.TemporaryDirectory(prefix=f"bench-polling-{mode.name}-") as tmp:
         async with _gateway(mode, args, portal) as gateway:
-            settings = sandbox_settings(Path(tmp), gateway.url, wait_seconds=WAIT_SECONDS)
+            # spend_cap=0: the guard (60 jobs an hour by default) would refuse most of a 120-job run
+            settings = sandbox_settings(Path(tmp), gateway.url, wait_seconds=WAIT_SECONDS, spend_cap=0)
             with anyio.fail_after(args.mode_timeout):
                 async with _connect(mode, settings, gateway.url) as client:
                     if args.warmup_jobs and not mode.fresh:
@@ -346,7 +353,8 @@ async def run_mode(
                     outcomes = await drive(client, mix, len(mix) if args.scenario.batch else args.parallel)
                     wall = clock.seconds()
             jobs = await gateway.jobs()
-        learned = await _learned_rate(settings.state_dir, mode.policy, args.scenario.scale(args.scale))
+        learned = await _learned(settings.state_dir, mode.policy)
+    shapes = {request_id: mix[slot] for slot, (request_id, _) in enumerate(outcomes) if request_id}
     errors = [error for _, error in outcomes if error]
     measured = {request_id for request_id, _ in outcomes if request_id} - warm_ids
     result = ModeResult(
@@ -357,11 +365,33 @@ async def run_mode(
         completed=len(mix) - len(errors),
         failed=len(errors),
         wall_seconds=wall,
-        learned_rate=learned if mode.policy.adaptive else None,
+        learned_rate=learned.rate / args.scenario.scale(args.scale) if mode.policy.adaptive else None,
+        learned_spread=learned.spread if mode.policy.adaptive else None,
         errors=errors[:5],
     )
     _collect(result, jobs, measured, args.scenario.scale(args.scale))
+    result.schedules = _schedules(jobs, measured, shapes, args.scenario.scale(args.scale))
     return result
+
+
+def _schedules(
+    jobs: dict[str, dict[str, Any]], measured: set[str], shapes: dict[str, tuple[int, int]], scale: float
+) -> list[dict[str, Any]]:
+    """Per measured job, its shape and when it ran and was polled (real-time seconds from its submit), to see
+    where a schedule spends its polls."""
+
+    def since_submit(timing: dict[str, Any], at: float) -> float:
+        return round((at - timing["submitted_at"]) / scale, 2)
+
+    return [
+        {
+            "shape": shapes.get(request_id),
+            "completed": since_submit(timing, timing["completed_at"]),
+            "polls": [since_submit(timing, at) for at in timing["poll_times"]],
+        }
+        for request_id, timing in jobs.items()
+        if request_id in measured
+    ]
 
 
 def render(results: list[ModeResult]) -> str:
@@ -382,6 +412,7 @@ def render(results: list[ModeResult]) -> str:
                 summary["polls_p50"],
                 ratio(summary["polls_mean"], base_polls),
                 "-" if result.learned_rate is None else f"{result.learned_rate:.4f}",
+                "-" if result.learned_spread is None else f"{result.learned_spread:.3f}",
                 summary["wall_seconds"],
             ]
         )
@@ -396,6 +427,7 @@ def render(results: list[ModeResult]) -> str:
         "polls/job p50",
         "polls vs fixed 5 s",
         "learned s/unit",
+        "learned spread",
         "wall (s, scaled)",
     ]
     return table(headers, rows)
@@ -407,7 +439,7 @@ async def amain(args: argparse.Namespace) -> None:
         f"scale s={args.scale} (sandbox speed s, policies scaled by s; lags below are real-time seconds = measured/s; "
         "a faster-than-prior scenario runs its prior's world at s / speed factor, so the sandbox is never faster "
         "than s), "
-        f"jitter {JITTER}, seed {args.seed}, {args.jobs} measured jobs per mode "
+        f"jitter {args.jitter}, seed {args.seed}, {args.jobs} measured jobs per mode "
         f"(durations {args.durations} x steps {args.steps}, cycled, shuffled), {args.parallel} calls in flight, "
         f"sandbox in a {'child process' if args.sandbox == 'process' else 'thread of this process'}.\n"
         + (
@@ -416,7 +448,8 @@ async def amain(args: argparse.Namespace) -> None:
             if args.warmup_jobs
             else "warm-up: no, the adaptive ETA starts from its prior (it still learns as jobs finish)."
         )
-        + f"\nsandbox truth (real time): {TRUE_OVERHEAD:.0f} s + {TRUE_RATE} s per (second x step), x U(0.7, 1.3); "
+        + f"\nsandbox truth (real time): {TRUE_OVERHEAD:.0f} s + {TRUE_RATE} s per (second x step), the processing "
+        + f"part x U({1 - args.jitter:g}, {1 + args.jitter:g}); "
         + (
             "its completed_at is precise to s seconds (whole seconds scaled like the clock)"
             if args.scale_timestamps
@@ -470,7 +503,13 @@ async def amain(args: argparse.Namespace) -> None:
             "modes": [r.summary() for r in results],
             "targets": targets,
             "raw": {
-                f"{r.scenario}/{r.mode}": {"polls": r.polls, "lags_s": r.lags, "errors": r.errors} for r in results
+                f"{r.scenario}/{r.mode}": {
+                    "polls": r.polls,
+                    "lags_s": r.lags,
+                    "errors": r.errors,
+                    "schedules": r.schedules,
+                }
+                for r in results
             },
             "total_seconds": clock.seconds(),
         },
@@ -496,6 +535,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, help="measured jobs per mode (default 120; --quick: 10)")
     parser.add_argument("--parallel", type=int, default=16, help="generate_audio calls in flight (default 16)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--jitter",
+        type=float,
+        default=JITTER,
+        help=f"job-to-job spread of the upstream's run time, as a fraction (default {JITTER})",
+    )
     parser.add_argument(
         "--warmup",
         type=int,

@@ -37,7 +37,7 @@ from mmaudio_mcp.models import AudioJob, JobError, JobRecord, JobStatus, NextSte
 from mmaudio_mcp.objects import ObjectStorage
 from mmaudio_mcp.pixazo import PixazoClient
 from mmaudio_mcp.polling import Pollers, elapsed_seconds
-from mmaudio_mcp.schedule import Learned, PollPolicy, eta_seconds, expected_seconds, learn, progress_message
+from mmaudio_mcp.schedule import Learned, PollPolicy, eta_seconds, learn, progress_message
 from mmaudio_mcp.store import DEFAULT_LEASE_SECONDS, LeaseLostError, Leases, SqliteJobStore
 
 if TYPE_CHECKING:
@@ -135,8 +135,7 @@ class JobService:
         )
         self._webhook_jobs: dict[str, str] = {}
         self._keys: dict[str, SecretStr] = {}  # owner hash -> key, in memory only, to poll for absent callers
-        self._rate = self._policy.prior_seconds_per_unit
-        self._learned = Learned(self._rate, self._policy.prior_spread, 0)
+        self._learned = Learned(self._policy.prior_seconds_per_unit, self._policy.prior_spread, 0)
         self._rate_learned = False
         self._downloads = BackgroundDownloads(self._files)
 
@@ -545,14 +544,14 @@ class JobService:
         return await self._apply(adopted, reply)
 
     def _expected(self, record: JobRecord) -> float:
-        return expected_seconds(record.params, self._rate, self._policy)
+        return self._learned.expected(record.params, self._policy)
 
     async def _learn_rate(self) -> None:
         before = self._learned
         self._learned = learn(await self._store.recent(HISTORY_SIZE), self._policy)
-        self._rate = self._learned.rate
         self._rate_learned = True
-        if before.samples == 0 or abs(self._learned.rate / before.rate - 1) > REPLAN_CHANGE:
+        moved = self._learned.expected(None, self._policy) / before.expected(None, self._policy) - 1
+        if before.samples == 0 or abs(moved) > REPLAN_CHANGE:
             self._pollers.replan()  # worth every poller's attention (not each small shift in a burst of completions)
 
     async def _learn_rate_once(self) -> None:

@@ -217,6 +217,7 @@ class JobTiming:
     status: str  # the final status the schedule leads to
     first_terminal_poll_at: float | None = None  # the first status poll that answered a terminal status
     polls: int = 0  # status requests for this job, whatever the answer
+    poll_times: list[float] = field(default_factory=list[float])  # when each of them came, to see a schedule
     webhooks_sent: int = 0  # callback POSTs attempted, duplicates included, whatever the outcome
     webhook_url: str | None = None  # the X-Webhook-URL the submit carried
     api_key_hash: str | None = None  # a short sha256 hex prefix of the key that submitted it, never the key
@@ -551,6 +552,7 @@ class Sandbox:
         timing = self._stats.jobs.get(request_id)
         if timing is not None:
             timing.polls += 1
+            timing.poll_times.append(self.config.clock())
         refused = self._guard(request, submit=False)
         if refused is not None:
             return refused

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import statistics
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
@@ -13,7 +15,8 @@ if TYPE_CHECKING:
 
     from mmaudio_mcp.models import GenerationParams, JobRecord
 
-MIN_SPREAD: Final = 0.1
+MIN_SPREAD: Final = 0.03
+"""The narrowest window trusted, as a fraction of the expected time, however steady past jobs were."""
 MIN_SPREAD_HISTORY: Final = 5
 """Finished jobs needed before their spread replaces the prior's (one job already replaces the prior's rate)."""
 
@@ -31,8 +34,11 @@ class PollPolicy:
     overhead_seconds: float = 3.0
     prior_seconds_per_unit: float = 0.08
     """Seconds per (audio second x diffusion step)."""
-    window_step_cap: float = 1.5
-    """The longest pause between polls while the job is likely to end (its lag then stays under this)."""
+    window_step_cap: float = 0.8
+    """The longest pause between polls while the job is likely to end: a completion there goes unnoticed for at
+    most this long, half of it in the middle case."""
+    stamp_precision: float = 1.0
+    """Pixazo's completed_at has whole seconds: a finished job's measured time is known to half of this."""
     prior_spread: float = 0.3
     """How far single jobs stray from the expected time, as a fraction, until history says otherwise."""
     window_step: float = 0.05
@@ -44,7 +50,15 @@ class PollPolicy:
 
     def scaled(self, factor: float) -> PollPolicy:
         """The same policy for a service `factor` times as slow (the sandbox runs faster than real time)."""
-        times = ("floor", "ceiling", "first_poll_cap", "overhead_seconds", "prior_seconds_per_unit", "window_step_cap")
+        times = (
+            "floor",
+            "ceiling",
+            "first_poll_cap",
+            "overhead_seconds",
+            "prior_seconds_per_unit",
+            "window_step_cap",
+            "stamp_precision",
+        )
         return replace(self, **{name: getattr(self, name) * factor for name in times})
 
     @classmethod
@@ -58,8 +72,15 @@ class Learned:
     """What finished jobs taught: the service's speed, how far single jobs stray from it, and from how many jobs."""
 
     rate: float
+    """Seconds per (audio second x step)."""
     spread: float
     samples: int
+    overhead: float | None = None
+    """Fixed seconds per job, once jobs of several shapes gave a line of their own; None: the prior's, scaled."""
+
+    def expected(self, params: GenerationParams | None, policy: PollPolicy) -> float:
+        """How long a job with these parameters should take, by what was learned."""
+        return expected_seconds(params, self.rate, policy, overhead=self.overhead)
 
 
 def _units(params: GenerationParams | None) -> float:
@@ -67,24 +88,49 @@ def _units(params: GenerationParams | None) -> float:
 
 
 def learn(history: Iterable[JobRecord], policy: PollPolicy) -> Learned:
-    """Learn how many times as slow as the prior the service is, from finished jobs (the median, robust to the odd
-    slow or queued job), from the first one on: a prior 4x off either way costs more than one job's jitter. The
-    whole estimate scales (overhead included), as it does when the service is busier or idler. The spread of single
-    jobs around it needs a few more jobs."""
-    ratios = [
-        record.run_seconds / _prior_seconds(record.params, policy)
+    """Learn the service's speed from finished jobs, from the first one on: a prior 4x off either way costs more
+    than one job's jitter. One job, or jobs of one shape, scale the whole prior (overhead included), as a busier or
+    idler service does; jobs of several shapes fit a line of their own (Theil-Sen: medians, so an odd slow or
+    queued job does not drag it), since the upstream's fixed cost and per-step cost need not keep the prior's
+    proportions. The spread of single jobs around it needs a few more jobs."""
+    runs = [
+        (_units(record.params), record.run_seconds)
         for record in history
-        if record.status is JobStatus.COMPLETED and record.run_seconds and record.params
+        if record.status is JobStatus.COMPLETED and record.run_seconds and record.run_seconds > 0 and record.params
     ]
-    ratios = sorted(ratio for ratio in ratios if ratio > 0)
-    if not ratios:
+    if not runs:
         return Learned(policy.prior_seconds_per_unit, policy.prior_spread, 0)
-    factor = statistics.median(ratios)
-    spread = policy.prior_spread
-    if len(ratios) >= MIN_SPREAD_HISTORY:
-        # The widest stray seen, not a percentile: a window too narrow is paid in lag, one too wide only in polls.
-        spread = min(max(1 - ratios[0] / factor, ratios[-1] / factor - 1, MIN_SPREAD), 0.5)
-    return Learned(factor * policy.prior_seconds_per_unit, spread, len(ratios))
+    factor = statistics.median(seconds / _prior_seconds_for(units, policy) for units, seconds in runs)
+    learned = Learned(factor * policy.prior_seconds_per_unit, policy.prior_spread, len(runs))
+    if len(runs) < MIN_SPREAD_HISTORY:
+        return learned
+    line = _fit_line(runs)
+    if line is not None:
+        learned = replace(learned, rate=line[1], overhead=line[0])
+    return replace(learned, spread=_spread(runs, learned, policy))
+
+
+def _fit_line(runs: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """(overhead, rate) of the Theil-Sen line through (units, seconds), or None if the jobs do not span shapes or
+    the line makes no sense (a job that costs less the more it does)."""
+    slopes = [(s2 - s1) / (u2 - u1) for (u1, s1), (u2, s2) in itertools.combinations(runs, 2) if u2 != u1]
+    if not slopes:
+        return None
+    rate = statistics.median(slopes)
+    overhead = statistics.median(seconds - rate * units for units, seconds in runs)
+    return (overhead, rate) if rate > 0 and overhead >= 0 else None
+
+
+def _spread(runs: list[tuple[float, float]], learned: Learned, policy: PollPolicy) -> float:
+    """The widest stray of a single job from its expected time, as a fraction of it, less what the upstream's
+    whole-second stamps blur (a 4 s job measured to +-0.5 s is not 12% erratic). The widest, not a percentile: a
+    window too narrow is paid in lag, one too wide only in polls."""
+    strays = [
+        max(abs(seconds - expected) - policy.stamp_precision / 2, 0.0) / expected
+        for units, seconds in runs
+        if (expected := _expected_for(units, learned, policy)) > 0
+    ]
+    return min(max(max(strays, default=0.0), MIN_SPREAD), 0.5)
 
 
 def seconds_per_unit(history: Iterable[JobRecord], policy: PollPolicy) -> float:
@@ -92,14 +138,21 @@ def seconds_per_unit(history: Iterable[JobRecord], policy: PollPolicy) -> float:
     return learn(history, policy).rate
 
 
-def _prior_seconds(params: GenerationParams | None, policy: PollPolicy) -> float:
-    return policy.overhead_seconds + policy.prior_seconds_per_unit * _units(params)
+def _prior_seconds_for(units: float, policy: PollPolicy) -> float:
+    return policy.overhead_seconds + policy.prior_seconds_per_unit * units
 
 
-def expected_seconds(params: GenerationParams | None, rate: float, policy: PollPolicy) -> float:
-    """Estimate how long Pixazo takes for a job with these parameters, at `rate` seconds per (second x step); the
-    fixed overhead scales with the rate against the prior's."""
-    return _prior_seconds(params, policy) * rate / policy.prior_seconds_per_unit
+def _expected_for(units: float, learned: Learned, policy: PollPolicy) -> float:
+    overhead = policy.overhead_seconds * learned.rate / policy.prior_seconds_per_unit
+    return (overhead if learned.overhead is None else learned.overhead) + learned.rate * units
+
+
+def expected_seconds(
+    params: GenerationParams | None, rate: float, policy: PollPolicy, *, overhead: float | None = None
+) -> float:
+    """Estimate how long Pixazo takes for a job with these parameters, at `rate` seconds per (second x step) plus a
+    fixed `overhead` (by default the prior's, scaled with the rate against the prior's)."""
+    return _expected_for(_units(params), Learned(rate, 0.0, 0, overhead), policy)
 
 
 def next_poll_delay(
@@ -115,18 +168,26 @@ def next_poll_delay(
         return policy.floor
     spread = policy.prior_spread if spread is None else spread
     early, late = expected * (1 - spread), expected * (1 + spread)
-    if not learned and elapsed < early:
-        probe = max(expected * policy.explore, policy.floor)
-        next_probe = (int(elapsed / probe) + 1) * probe
-        return min(max(min(next_probe, early) - elapsed, policy.floor), policy.first_poll_cap)
-    if elapsed < early - policy.floor:
-        return min(early - elapsed, policy.first_poll_cap)
     step = min(max(policy.window_step * expected, policy.floor), max(policy.window_step_cap, policy.floor))
-    if elapsed <= late:
-        return step
+    if elapsed < late:
+        due = _window_poll(max(elapsed, early), late, step)
+        if due - elapsed < 0.2 * step and due < late:
+            due += step  # just polled at (or a hair before) this point of the grid
+        if not learned and elapsed < early:
+            probe = max(expected * policy.explore, policy.floor)
+            due = min(due, (int(elapsed / probe) + 1) * probe)
+        return min(max(due - elapsed, min(step, policy.floor)), policy.first_poll_cap)
     overdue = elapsed - late
     ceiling = max(policy.ceiling, 0.1 * expected)
     return min(step + 0.1 * overdue, ceiling)
+
+
+def _window_poll(after: float, late: float, step: float) -> float:
+    """The first poll after `after` on a grid of `step`s that ends exactly at the window's far edge: a window's
+    first poll then falls one step (at most) into it, not at its start, where the job has almost never ended yet;
+    a window narrower than a step gets one poll, at its end, where the job is almost surely done."""
+    steps_back = math.ceil((late - after) / step) - 1
+    return late - max(steps_back, 0) * step
 
 
 def fallback_poll_delay(elapsed: float, expected: float, policy: PollPolicy) -> float:

@@ -567,6 +567,7 @@ async def test_admin_routes_inject_and_clear_faults_and_report_stats(client: htt
         "status": "COMPLETED",
         "first_terminal_poll_at": None,
         "polls": 0,
+        "poll_times": [],
         "webhooks_sent": 0,
         "webhook_url": None,
         "api_key_hash": key_hash(SANDBOX_API_KEY),
@@ -905,6 +906,7 @@ async def test_job_timing_records_the_schedule_polls_and_the_first_terminal_poll
         status="COMPLETED",
         first_terminal_poll_at=START + 30.0,
         polls=3,
+        poll_times=[START, START + 30.0, START + 40.0],
         webhooks_sent=0,
         api_key_hash=key_hash(SANDBOX_API_KEY),
     )

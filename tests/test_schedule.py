@@ -8,6 +8,7 @@ import pytest
 
 from mmaudio_mcp.models import GenerationParams, JobRecord, JobStatus
 from mmaudio_mcp.schedule import (
+    MIN_SPREAD,
     PollPolicy,
     expected_seconds,
     learn,
@@ -43,13 +44,38 @@ def test_the_rate_is_learned_from_history_and_robust_to_an_outlier() -> None:
 def test_the_first_poll_waits_for_the_window_where_the_job_may_end_and_later_ones_are_short() -> None:
     """Polls wait until the job may end (the estimate less its spread), then come in short steps through the window
     where it is likely to end, then back off slowly, up to a ceiling that scales with the job."""
+    step = POLICY.window_step_cap  # 5% of a 20 s job is 1 s: capped
     assert next_poll_delay(0.0, 19.0, POLICY, spread=0.0) == 19.0
-    assert next_poll_delay(0.0, 20.0, POLICY, spread=0.25) == 15.0
-    assert next_poll_delay(16.0, 20.0, POLICY, spread=0.25) == 1.0  # 5% of the job, at most 1.5 s
-    assert next_poll_delay(210.0, 200.0 / 0.75, POLICY, spread=0.25) == POLICY.window_step_cap
+    assert next_poll_delay(0.0, 20.0, POLICY, spread=0.25) == pytest.approx(15.0 + 0.4)  # a step at most into 15-25 s
+    assert next_poll_delay(15.4, 20.0, POLICY, spread=0.25) == pytest.approx(step)
+    assert next_poll_delay(250.0 - 10 * step, 200.0, POLICY, spread=0.25) == pytest.approx(step)  # 5% is 10 s
     assert POLICY.floor < next_poll_delay(35.0, 20.0, POLICY, spread=0.25) <= POLICY.ceiling
     assert next_poll_delay(500.0, 19.0, POLICY) == POLICY.ceiling
     assert next_poll_delay(0.0, 500.0, POLICY) == POLICY.first_poll_cap
+
+
+def polls_until(actual: float, expected: float, spread: float) -> list[float]:
+    """The times of the polls a job that really ends at `actual` gets, up to the first that sees it done."""
+    times = [0.0]
+    while times[-1] < actual:
+        times.append(times[-1] + next_poll_delay(times[-1], expected, POLICY, spread=spread))
+    return times[1:]
+
+
+def test_the_window_is_polled_on_a_grid_that_ends_at_its_far_edge() -> None:
+    """No poll is spent at the window's very start (the job has almost never ended there); the last one falls on its
+    far edge, where the job is almost surely done; in between a completion goes unnoticed for at most one step."""
+    expected, spread = 20.0, 0.1  # a window from 18 to 22 s
+    polls = polls_until(22.0, expected, spread)
+    assert 18.0 < polls[0] <= 18.0 + POLICY.window_step_cap
+    assert polls[-1] == pytest.approx(22.0)
+    for actual in (18.01, 19.3, 20.7, 21.99):
+        assert polls_until(actual, expected, spread)[-1] - actual <= POLICY.window_step_cap + 1e-9
+
+
+def test_a_window_narrower_than_a_step_gets_one_poll_at_its_end() -> None:
+    """A short job whose spread is small is polled once, when it should surely be done: one poll, little lag."""
+    assert polls_until(10.1, 10.0, 0.02) == [pytest.approx(10.2)]  # a window of 9.8-10.2 s, and a step of 0.5 s
 
 
 def test_a_typical_job_takes_few_polls_when_the_estimate_and_spread_are_right() -> None:
@@ -66,7 +92,7 @@ def test_while_nothing_is_learned_the_schedule_probes_early() -> None:
     then every quarter, instead of once at the guessed end."""
     assert next_poll_delay(0.0, 20.0, POLICY, learned=False) == 5.0
     assert next_poll_delay(5.0, 20.0, POLICY, learned=False) == 5.0
-    assert next_poll_delay(10.0, 20.0, POLICY, learned=False) == 4.0  # up to the window's start (14 s)
+    assert next_poll_delay(10.0, 20.0, POLICY, learned=False) == pytest.approx(4.8)  # up to the window (14-26 s)
     assert next_poll_delay(14.0, 20.0, POLICY, learned=False) == next_poll_delay(14.0, 20.0, POLICY)
 
 
@@ -127,3 +153,25 @@ async def test_what_one_job_teaches_reaches_the_pollers_of_the_others_at_once() 
             pollers.replan()
             await polled.wait()
         tasks.cancel_scope.cancel()
+
+
+def test_jobs_of_several_shapes_fit_the_upstreams_own_fixed_and_per_step_cost() -> None:
+    """An upstream with a larger fixed cost and a smaller per-step cost than the prior (10 s + 0.02 s per second x
+    step) is predicted for every shape once a few shapes are seen: scaling the prior would be off by half either
+    way, and that error would pass for jitter and widen every window."""
+    shapes = [(2, 10), (8, 25), (30, 50), (4, 25), (15, 10), (30, 25)]
+    history = [finished(10.0 + 0.02 * d * s, d, s) for d, s in shapes]
+    learned = learn(history, POLICY)
+    for duration, steps in ((2, 10), (30, 50), (15, 25)):
+        params = GenerationParams(prompt="x", duration=duration, num_steps=steps)
+        assert learned.expected(params, POLICY) == pytest.approx(10.0 + 0.02 * duration * steps)
+    assert learned.spread == MIN_SPREAD
+
+
+def test_the_whole_second_stamps_blur_is_not_taken_for_jitter() -> None:
+    """Short jobs measured to +-0.5 s (Pixazo's completed_at has whole seconds) do not widen the window; a job that
+    really strays does."""
+    blurred = [finished(5.0 + blur, 2, 25) for blur in (-0.45, 0.3, 0.0, 0.45, -0.2)]
+    assert learn(blurred, POLICY).spread == MIN_SPREAD
+    erratic = [*blurred[:4], finished(7.0, 2, 25)]
+    assert learn(erratic, POLICY).spread == pytest.approx((7.0 - 5.3 - 0.5) / 5.3)  # the median job took 5.3 s
