@@ -153,6 +153,15 @@ def _whole(flag: str, low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _transport(text: str) -> str:
+    """Check a --transport value against the names Settings knows (imported only when the flag is given)."""
+    from mmaudio_mcp.settings import Transport
+
+    if text not in tuple(Transport):
+        raise argparse.ArgumentTypeError(f"--transport must be one of {', '.join(Transport)} (got {text!r}).")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mmaudio-mcp",
@@ -194,7 +203,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_serve(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
-        "--transport", choices=["stdio", "sse", "streamable-http"], help="how hosts connect (MMAUDIO_TRANSPORT; stdio)"
+        "--transport",
+        type=_transport,
+        help="how hosts connect: stdio (the default), sse or streamable-http (MMAUDIO_TRANSPORT)",
     )
     serve.add_argument("--host", help="address for the HTTP transports (MMAUDIO_HOST; 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port for the HTTP transports (MMAUDIO_PORT; 8000)")
@@ -279,8 +290,9 @@ def _run_serve(args: argparse.Namespace) -> None:
 
 async def _serve(args: argparse.Namespace) -> None:
     from mmaudio_mcp.server import build_server
+    from mmaudio_mcp.settings import Transport
     from mmaudio_mcp.terminal import gateway
-    from mmaudio_mcp.transport import Exposure, Transport, serve
+    from mmaudio_mcp.transport import Exposure, serve
 
     settings = _settings(
         args,
@@ -299,13 +311,14 @@ async def _serve(args: argparse.Namespace) -> None:
         allowed_hosts=tuple(settings.allowed_hosts),
         stateless=settings.stateless_http,
     )
-    transport = Transport(settings.transport)
+    transport = settings.transport
     if transport is not Transport.STDIO:
-        exposure.check()  # before anything starts, so the refusal is the only thing the user sees
+        # Refused before anything starts (the sandbox included), so the refusal is the only thing the user sees;
+        # serve() checks again without a word (it only refuses) and logs the no-token warning once.
+        exposure.check(transport)
         _port_free(settings.host, settings.port)
-        path = "/sse" if transport is Transport.SSE else "/mcp"
         print(
-            f"mmaudio-mcp: serving MCP ({transport.value}) on http://{settings.host}:{settings.port}{path}; "
+            f"mmaudio-mcp: serving MCP ({transport}) on http://{settings.host}:{settings.port}{transport.path}; "
             "Ctrl+C stops it.",
             file=sys.stderr,
             flush=True,

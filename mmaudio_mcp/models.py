@@ -177,7 +177,7 @@ def _other_sentence(name: str, field: str, kind: str, error: ErrorDetails, ctx: 
         return f"{name} is required."
     if kind == "extra_forbidden":
         return f"{name} is not an argument here."
-    if kind == "literal_error":
+    if kind in ("literal_error", "enum"):
         return f"{name} must be one of {ctx.get('expected', '')}{given}."
     if kind == "string_too_short":
         return f"{name} must not be empty{given}." if ctx.get("min_length") == 1 else f"{name} is too short{given}."

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -36,6 +37,19 @@ def _default_state_dir() -> Path:
     return user_state_path(APP_NAME)
 
 
+class Transport(StrEnum):
+    """How hosts reach the server. stdio is what desktop and IDE hosts spawn; the others serve many clients."""
+
+    STDIO = "stdio"
+    SSE = "sse"
+    STREAMABLE_HTTP = "streamable-http"
+
+    @property
+    def path(self) -> str:
+        """Where an HTTP transport serves MCP (the SDK's paths); empty for stdio."""
+        return {Transport.SSE: "/sse", Transport.STREAMABLE_HTTP: "/mcp"}.get(self, "")
+
+
 class Settings(BaseSettings):
     """Everything the server reads from its environment. Nothing is read at import time."""
 
@@ -58,8 +72,8 @@ class Settings(BaseSettings):
     http_token: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("MMAUDIO_HTTP_TOKEN", "http_token")
     )
-    transport: Literal["stdio", "sse", "streamable-http"] = Field(
-        default="stdio", validation_alias=AliasChoices("MMAUDIO_TRANSPORT", "transport")
+    transport: Transport = Field(
+        default=Transport.STDIO, validation_alias=AliasChoices("MMAUDIO_TRANSPORT", "transport")
     )
     host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("MMAUDIO_HOST", "host"))
     port: int = Field(default=8000, ge=0, le=65535, validation_alias=AliasChoices("MMAUDIO_PORT", "port"))
@@ -216,4 +230,4 @@ def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
     return Settings(_env_file=env_file, **given)  # pyright: ignore[reportCallIssue]
 
 
-__all__ = ["DEFAULT_GATEWAY_URL", "Settings", "load_settings"]
+__all__ = ["DEFAULT_GATEWAY_URL", "Settings", "Transport", "load_settings"]

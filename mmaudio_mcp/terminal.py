@@ -359,6 +359,8 @@ async def _doctor_checks(args: argparse.Namespace, settings: Settings) -> list[d
 
 
 async def _checks(settings: Settings) -> list[dict[str, Any]]:
+    from mmaudio_mcp.settings import Transport
+
     key = settings.api_key
     return [
         _check("API key", key is not None, "set" if key else "PIXAZO_API_KEY is not set (try --sandbox meanwhile)"),
@@ -370,7 +372,7 @@ async def _checks(settings: Settings) -> list[dict[str, Any]]:
             True,
             f"mmaudio-mcp {__version__}, mcp {version('mcp')}, Python {platform.python_version()}",
         ),
-        _check("transports", True, "stdio, sse, streamable-http" + _webhook_note(settings)),
+        _check("transports", True, ", ".join(Transport) + _webhook_note(settings)),
     ]
 
 
@@ -379,23 +381,29 @@ def _check(name: str, ok: bool, detail: str) -> dict[str, Any]:
 
 
 async def _gateway_check(settings: Settings) -> dict[str, Any]:
-    """Reach the gateway without spending anything: a status query for a job that does not exist."""
-    import httpx2
+    """Reach the gateway without spending anything: the status of a job that does not exist, asked through the
+    server's own client (its retries, its words). Without a key, a made-up one: only the gateway's answer counts."""
+    from pydantic import SecretStr
 
-    from mmaudio_mcp.pixazo import KEY_HEADER, STATUS_PATH
+    from mmaudio_mcp.errors import AuthenticationError, ForbiddenError, MmaudioError, NetworkError, UnknownJobError
+    from mmaudio_mcp.pixazo import PixazoClient
 
-    url = settings.gateway_url + STATUS_PATH.format(request_id="mmaudio-v2-text-to-audio_doctor")
-    headers = {KEY_HEADER: settings.api_key.get_secret_value()} if settings.api_key else {}
+    where = settings.gateway_url
+    client = PixazoClient(None, settings.api_key or SecretStr("no-key"), where, timeout=10.0)
     try:
-        async with httpx2.AsyncClient(timeout=10.0) as http:
-            reply = await http.get(url, headers=headers)
-    except httpx2.HTTPError as exc:
-        return _check("gateway", False, f"{settings.gateway_url} is unreachable ({type(exc).__name__})")
-    verdict = {401: "reachable, but the key was refused (401)", 403: "reachable, but access is forbidden (403)"}
-    detail = verdict.get(reply.status_code, f"reachable (HTTP {reply.status_code} for a made-up job)")
-    return _check(
-        "gateway", reply.status_code not in verdict or not settings.api_key, f"{settings.gateway_url}: {detail}"
-    )
+        await client.status("mmaudio-v2-text-to-audio_doctor")
+    except UnknownJobError:
+        return _check("gateway", True, f"{where}: reachable (a made-up job is unknown, as it should be)")
+    except (AuthenticationError, ForbiddenError) as exc:
+        # Without a key, the API key check already says what to do; the gateway itself answered.
+        return _check("gateway", settings.api_key is None, f"{where}: reachable, but {exc.message}")
+    except NetworkError as exc:
+        return _check("gateway", False, f"{where} is unreachable: {exc.message}")
+    except MmaudioError as exc:
+        return _check("gateway", True, f"{where}: reachable ({exc.message})")
+    finally:
+        await client.aclose()
+    return _check("gateway", True, f"{where}: reachable")
 
 
 def _folder_check(name: str, folder: Path) -> dict[str, Any]:

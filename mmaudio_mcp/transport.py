@@ -11,7 +11,6 @@ import logging
 import socket
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -19,6 +18,7 @@ import anyio
 
 from mmaudio_mcp.errors import ConfigurationError
 from mmaudio_mcp.pixazo import is_loopback
+from mmaudio_mcp.settings import Transport
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
@@ -34,14 +34,6 @@ LOOPBACK: Final = "127.0.0.1"
 GRACEFUL_SHUTDOWN_SECONDS: Final = 5
 
 
-class Transport(StrEnum):
-    """How hosts reach the server. stdio is what desktop and IDE hosts spawn; the others serve many clients."""
-
-    STDIO = "stdio"
-    SSE = "sse"
-    STREAMABLE_HTTP = "streamable-http"
-
-
 @dataclass(frozen=True)
 class Exposure:
     """Who may reach the HTTP transports: the bound address, a bearer token, and the names the server answers to."""
@@ -55,17 +47,25 @@ class Exposure:
     stateless: bool = False
     """Streamable HTTP without sessions, so any replica behind a load balancer answers any request."""
 
-    def check(self) -> None:
-        """Refuse to serve paid generation to the network without a token, unless explicitly allowed."""
-        if is_loopback(self.host) or self.token:
-            return
-        if not self.allow_unauthenticated:
+    @property
+    def open_to_all(self) -> bool:
+        """Reachable from other machines with no token asked."""
+        return not (is_loopback(self.host) or self.token)
+
+    def check(self, transport: Transport = Transport.STREAMABLE_HTTP) -> None:
+        """Refuse what must not be served: paid generation on the network without a token (unless explicitly
+        allowed), and SSE without sessions. Says nothing otherwise: `serve` logs how it listens."""
+        if self.open_to_all and not self.allow_unauthenticated:
             raise ConfigurationError(
                 f"Refusing to listen on {self.host} without MMAUDIO_HTTP_TOKEN: anyone who can reach this address "
                 "could spend your Pixazo balance. Set MMAUDIO_HTTP_TOKEN, bind 127.0.0.1, or pass "
                 "--allow-unauthenticated if something in front of this server authenticates clients."
             )
-        logger.warning("serving on %s with no bearer token (--allow-unauthenticated)", self.host)
+        if self.stateless and transport is Transport.SSE:
+            raise ConfigurationError(
+                "SSE keeps each client's session in one process, so it cannot run stateless (as replicas must); use "
+                "--transport streamable-http."
+            )
 
     def security(self) -> TransportSecuritySettings:
         """DNS-rebinding protection: only loopback names, the bound address, the public URL's host and any
@@ -160,12 +160,9 @@ async def serve(
         await server.run_stdio_async()
         return
     exposure = exposure or Exposure()
-    exposure.check()
-    if exposure.stateless and transport is Transport.SSE:
-        raise ConfigurationError(
-            "SSE keeps each client's session in one process, so it cannot run stateless (as replicas must); use "
-            "--transport streamable-http."
-        )
+    exposure.check(transport)  # again, for callers that did not check before starting things (it only refuses)
+    if exposure.open_to_all:
+        logger.warning("serving on %s with no bearer token (--allow-unauthenticated)", exposure.host)
     await serve_asgi(http_app(server, transport, exposure), host=exposure.host, port=exposure.port)
 
 
@@ -230,4 +227,13 @@ async def serve_on_loopback(app: ASGIApp, *, port: int = 0) -> AsyncGenerator[st
         raise failure
 
 
-__all__ = ["BearerAuth", "Exposure", "Transport", "http_app", "is_loopback", "serve", "serve_asgi", "serve_on_loopback"]
+__all__ = [
+    "BearerAuth",
+    "Exposure",
+    "Transport",
+    "http_app",
+    "is_loopback",
+    "serve",
+    "serve_asgi",
+    "serve_on_loopback",
+]

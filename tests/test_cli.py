@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,19 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     usage = capsys.readouterr().out
     assert "--transport" in usage
     assert "--sandbox" in usage
+
+
+def test_serve_help_names_every_transport_the_settings_know(capsys: pytest.CaptureFixture[str]) -> None:
+    """The transport names are declared once (settings.Transport); `serve --help` names each of them and
+    `--transport` takes each of them."""
+    from mmaudio_mcp.settings import Transport
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    for transport in Transport:
+        assert transport.value in usage
+        assert _parser().parse_args(["serve", "--transport", transport.value]).transport == transport
 
 
 def test_normalize_alone_aims_at_the_default_target_that_its_help_names(capsys: pytest.CaptureFixture[str]) -> None:
@@ -173,6 +187,63 @@ async def test_doctor_checks_the_set_up_and_prints_a_host_config(tmp_path: Path)
     failed = json.loads(keyless.stdout)
     assert keyless.returncode == 1
     assert [check["name"] for check in failed["checks"] if not check["ok"]] == ["API key"]
+
+
+async def test_doctor_words_a_refused_key_as_the_pixazo_client_does(tmp_path: Path) -> None:
+    """doctor asks the gateway through the server's own Pixazo client: a wrong key fails the gateway check with the
+    client's sentence (what happened, which variable to fix), and the key itself is never printed."""
+    import anyio
+
+    from mmaudio_mcp.sandbox import create_sandbox
+    from mmaudio_mcp.transport import serve_on_loopback
+
+    wrong = "not-the-sandbox-key-8c1e"
+    async with serve_on_loopback(create_sandbox().app) as gateway:
+        env = {"PIXAZO_GATEWAY_URL": gateway, "PIXAZO_API_KEY": wrong}
+        done = await anyio.to_thread.run_sync(lambda: run_cli(tmp_path, "doctor", "--json", env=env))
+    assert done.returncode == 1
+    [check] = [check for check in json.loads(done.stdout)["checks"] if check["name"] == "gateway"]
+    assert not check["ok"]
+    assert "Pixazo rejected the API key (401)" in check["detail"]
+    assert "PIXAZO_API_KEY" in check["detail"]
+    assert wrong not in done.stdout + done.stderr
+
+
+def test_sse_without_sessions_is_refused_in_one_line_before_anything_starts(tmp_path: Path) -> None:
+    """`serve --transport sse --stateless` is refused by the exposure check before the sandbox gateway starts, so
+    the refusal is the only line the user sees."""
+    done = run_cli(tmp_path, "serve", "--sandbox", "--transport", "sse", "--stateless")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert "cannot run stateless" in done.stderr
+
+
+def test_serving_to_the_network_without_a_token_warns_once(tmp_path: Path) -> None:
+    """With --allow-unauthenticated on 0.0.0.0 the no-token warning is logged once, not by both the CLI and the
+    transport. The server runs in a network namespace of its own (no interface but a down loopback), so nothing
+    outside can reach it; it is stopped once uvicorn says it runs."""
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-n", "true"], check=False).returncode != 0:
+        pytest.skip("needs unshare -n (root, util-linux) to keep the 0.0.0.0 listener unreachable")
+    command = ["unshare", "-n", sys.executable, "-m", "mmaudio_mcp", "serve", "--transport", "streamable-http"]
+    command += ["--host", "0.0.0.0", "--port", "8000", "--allow-unauthenticated", "--log-level", "info"]
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "MMAUDIO_STATE_DIR": str(tmp_path / "s")}
+    process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    seen = b""
+    try:
+        while b"Uvicorn running on" not in seen:  # raw reads: a buffered readline could hide lines from select
+            assert select.select([process.stderr], [], [], 30)[0], f"uvicorn did not start within 30 s: {seen!r}"
+            chunk = os.read(process.stderr.fileno(), 65536)
+            assert chunk, f"the server exited: {seen!r}"
+            seen += chunk
+        process.terminate()
+        seen += process.communicate(timeout=30)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    warnings = [line for line in seen.decode().splitlines() if "with no bearer token" in line]
+    assert len(warnings) == 1, seen.decode()
 
 
 def test_generate_saves_a_processed_file_into_the_project(tmp_path: Path) -> None:
