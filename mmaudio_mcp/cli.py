@@ -325,7 +325,7 @@ async def _serve(args: argparse.Namespace) -> None:
         )
     elif sys.stdin.isatty():  # `mmaudio-mcp serve` typed at a terminal: say why nothing happens
         print(
-            "mmaudio-mcp: serving MCP over stdio, waiting for a host's messages on stdin; Ctrl+D stops it.",
+            "mmaudio-mcp: serving MCP over stdio, waiting for a host's messages on stdin; Ctrl+D or Ctrl+C stops it.",
             file=sys.stderr,
             flush=True,
         )

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import socket
+import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -157,13 +159,60 @@ async def serve(
 ) -> None:
     """Run the server until the host closes the connection (stdio) or the process is stopped (HTTP)."""
     if transport is Transport.STDIO:
-        await server.run_stdio_async()
+        if sys.platform != "win32" and os.isatty(0):
+            await _serve_stdio_at_a_terminal(server)
+        else:
+            await server.run_stdio_async()
         return
     exposure = exposure or Exposure()
     exposure.check(transport)  # again, for callers that did not check before starting things (it only refuses)
     if exposure.open_to_all:
         logger.warning("serving on %s with no bearer token (--allow-unauthenticated)", exposure.host)
     await serve_asgi(http_app(server, transport, exposure), host=exposure.host, port=exposure.port)
+
+
+async def _serve_stdio_at_a_terminal(server: MCPServer[Any]) -> None:
+    """Serve stdio typed at a terminal, where Ctrl+C must end the process at once.
+
+    The SDK reads stdin in a worker thread that a cancellation cannot interrupt: after Ctrl+C it waited for one
+    more line (an Enter). Here stdin is a pipe, fed from the terminal by this task, which a cancellation does stop;
+    closing the pipe then gives the SDK's reader its end of input, and everything winds down.
+    """
+    terminal = os.dup(0)
+    read_end, write_end = os.pipe()
+    os.dup2(read_end, 0)
+    os.close(read_end)
+    try:
+        async with anyio.create_task_group() as tasks:
+
+            async def run() -> None:
+                await server.run_stdio_async()
+                tasks.cancel_scope.cancel()  # the SDK ended on its own: stop feeding it
+
+            tasks.start_soon(run)
+            await _feed(terminal, write_end)  # here, in the host task: a Ctrl+C cancels this await first
+    finally:
+        os.dup2(terminal, 0)
+        os.close(terminal)
+
+
+async def _feed(source: int, sink: int) -> None:
+    """Copy what the terminal sends into the pipe until the terminal's end of input (Ctrl+D) or a cancellation;
+    either way close the pipe, which is the SDK reader's end of input."""
+    os.set_blocking(sink, False)
+    try:
+        while True:
+            await anyio.wait_readable(source)
+            data = os.read(source, 65536)
+            if not data:
+                return
+            while data:
+                try:
+                    data = data[os.write(sink, data) :]
+                except BlockingIOError:
+                    await anyio.wait_writable(sink)
+    finally:
+        os.close(sink)
 
 
 class _ShutdownCancelFilter(logging.Filter):

@@ -493,3 +493,39 @@ def test_serve_typed_at_a_terminal_says_it_waits_for_a_host_and_ctrl_d_stops_it(
         os.close(child_fd)
     assert "waiting for a host" in first and "Ctrl+D" in first
     assert p.returncode == 0, err.decode()
+
+
+def test_ctrl_c_at_a_terminal_stops_a_stdio_server_at_once_after_serving_a_message(tmp_path: Path) -> None:
+    """`mmaudio-mcp serve` on a real terminal (a pty that is the process's controlling terminal) answers a message
+    typed there, and Ctrl+C ends it with exit code 130 without waiting for another line (the SDK's stdin thread used
+    to hold the exit until Enter)."""
+    import fcntl
+    import pty
+    import termios
+
+    def own_terminal() -> None:  # as a shell does for the job it starts: a session whose terminal is the pty
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    main_fd, child_fd = pty.openpty()
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "MMAUDIO_STATE_DIR": str(tmp_path / "s")}
+    command = [sys.executable, "-m", "mmaudio_mcp", "serve", "--sandbox"]
+    process = subprocess.Popen(
+        command, stdin=child_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, preexec_fn=own_terminal
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        assert "waiting for a host" in process.stderr.readline().decode()
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        os.write(main_fd, json.dumps(ping).encode() + b"\n")
+        assert json.loads(process.stdout.readline()) == {"jsonrpc": "2.0", "id": 1, "result": {}}
+        os.write(main_fd, b"\x03")  # Ctrl+C: the terminal sends SIGINT to its foreground process group
+        assert process.wait(timeout=20) == 130, process.stderr.read().decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+        os.close(main_fd)
+        os.close(child_fd)
