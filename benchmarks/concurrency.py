@@ -316,6 +316,7 @@ def summarize(
         "raw": {
             "idle_pings_ms": idle.pings_ms,
             "load_pings_ms": load.samples.pings_ms,
+            "load_ping_at_s": [at - load.started_at for at in load.samples.ping_at],  # to line pings up with a profile
             "rss_mib": load.samples.rss_mib,
         },
     }

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import re
 import struct
+import sys
 import tempfile
+import threading
 import time
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, TypeVarTuple, Unpack
 
 import anyio
 import anyio.to_thread
@@ -32,7 +36,16 @@ _MIB = 1024 * 1024
 AUDIO_WORK_THREADS = 2
 """Worker threads that may decode, encode or hash audio at once: a burst of completions then queues its CPU work
 instead of handing the GIL to dozens of threads while the event loop waits its turn to answer."""
+AUDIO_WORK_NICENESS = 10
+"""How much lower the audio threads' CPU priority is than the event loop's (Linux nice). A burst of completions
+keeps both cores of a small machine busy with previews, decode checks and hashes; at the same priority the loop's
+thread, and the threads that carry its stdio, waited for a core behind them (a stdout write took 20-220 ms instead
+of microseconds), and a concurrent request waited 50-200 ms for its answer. At nice 10 the scheduler gives the loop
+the core first; the audio work takes whatever is left, which in a burst is most of it."""
 _AUDIO_LIMITER: RunVar[anyio.CapacityLimiter] = RunVar("mmaudio_audio_limiter")
+_Args = TypeVarTuple("_Args")
+_T = TypeVar("_T")
+_AUDIO_EXECUTOR: RunVar[ThreadPoolExecutor] = RunVar("mmaudio_audio_executor")
 _HEAD_BYTES = 64 * 1024
 _BLOCK_BYTES = _MIB
 
@@ -326,6 +339,39 @@ def audio_work_limiter() -> anyio.CapacityLimiter:
         return limiter
 
 
+async def run_audio_work(func: Callable[[Unpack[_Args]], _T], *args: *_Args) -> _T:
+    """Run a CPU-heavy piece of audio work (decode, encode, hash, measure) in one of this event loop's audio
+    threads: at most AUDIO_WORK_THREADS at once (`audio_work_limiter`), in threads of their own that run at a lower
+    CPU priority than the event loop (AUDIO_WORK_NICENESS, on Linux). Like `anyio.to_thread.run_sync`, a cancelled
+    caller waits for work already started, so nothing is left half-written."""
+    async with audio_work_limiter():
+        done = asyncio.wrap_future(_audio_executor().submit(func, *args))
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait([done])
+        return done.result()
+
+
+def _audio_executor() -> ThreadPoolExecutor:
+    try:
+        return _AUDIO_EXECUTOR.get()
+    except LookupError:
+        # Its idle threads end when the executor is collected with the event loop that owned it.
+        executor = ThreadPoolExecutor(AUDIO_WORK_THREADS, "mmaudio-audio", initializer=_lower_priority)
+        _AUDIO_EXECUTOR.set(executor)
+        return executor
+
+
+def _lower_priority() -> None:
+    """Lower the calling thread's CPU priority by AUDIO_WORK_NICENESS (Linux: nice applies per thread; elsewhere
+    it would apply to the whole process, so nothing changes). It can never be raised back without privileges: the
+    audio threads are kept for audio work only."""
+    if sys.platform != "linux":
+        return
+    thread = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + AUDIO_WORK_NICENESS)
+
+
 def file_uri(path: Path) -> str:
     """Return the file:// URI of a path, made absolute."""
     return path.resolve().as_uri()
@@ -400,7 +446,7 @@ async def save_audio(chunks: AsyncIterable[bytes], dest: Path, *, max_bytes: int
     try:
         async for chunk in chunks:
             await part.write(chunk)
-        final, info = await anyio.to_thread.run_sync(part.commit, dest, limiter=audio_work_limiter())
+        final, info = await run_audio_work(part.commit, dest)
     except BaseException:
         # Shielded so that a cancelled download still removes its temporary file before cancellation goes on.
         with anyio.CancelScope(shield=True):
@@ -428,7 +474,7 @@ def _remove_stale_parts(folder: Path, older_than: float) -> int:
 
 async def file_digest(path: Path) -> tuple[str, int]:
     """Return the file's sha256 (hex) and size, hashing in a worker thread."""
-    digest, _head, size = await anyio.to_thread.run_sync(_digest_and_head, path, limiter=audio_work_limiter())
+    digest, _head, size = await run_audio_work(_digest_and_head, path)
     return digest, size
 
 
@@ -439,12 +485,12 @@ def sha256_of(path: Path) -> str:
 
 async def verify_file(path: Path, sha256: str) -> bool:
     """Tell whether the file exists and its sha256 matches."""
-    return await anyio.to_thread.run_sync(_matches, path, sha256, limiter=audio_work_limiter())
+    return await run_audio_work(_matches, path, sha256)
 
 
 async def describe_file(path: Path) -> AudioFile:
     """Hash and decode an existing audio file into an AudioFile; InvalidAudioError if it is not usable audio."""
-    return await anyio.to_thread.run_sync(_describe, path, limiter=audio_work_limiter())
+    return await run_audio_work(_describe, path)
 
 
 def _matches(path: Path, sha256: str) -> bool:
@@ -507,6 +553,7 @@ __all__ = [
     "part_file_for",
     "read_wav_info",
     "remove_stale_parts",
+    "run_audio_work",
     "save_audio",
     "sha256_of",
     "verify_file",

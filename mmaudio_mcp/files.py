@@ -5,6 +5,7 @@ Every write goes through a temporary file and a rename; concurrent callers for o
 
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -12,15 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, Self
 
 import anyio
-import anyio.to_thread
 
 from mmaudio_mcp.audio import (
     DEFAULT_MAX_BYTES,
     audio_filename,
-    audio_work_limiter,
     checked_filename,
     file_digest,
     remove_stale_parts,
+    run_audio_work,
     save_audio,
     verify_file,
 )
@@ -59,6 +59,10 @@ class Limits:
     download_seconds: float = 120.0
     """A whole media download, however slowly the CDN drips it."""
     max_media_bytes: int = DEFAULT_MAX_BYTES
+
+
+GC_YOUNG_THRESHOLD: Final = 10_000
+"""Net allocations between two collections of the youngest generation, from the first submit on (default 700)."""
 
 
 class JobFiles:
@@ -218,9 +222,7 @@ class JobFiles:
             source = Path(record.file.path)
             dest = variant_path(source, key, options.format)
             try:
-                processed = await anyio.to_thread.run_sync(
-                    process_file, source, dest, options, limiter=audio_work_limiter()
-                )
+                processed = await run_audio_work(process_file, source, dest, options)
             except OSError as exc:
                 raise local_storage_error(exc, dest.parent, record.request_id) from exc
             file = await _described(processed)
@@ -277,18 +279,20 @@ class BackgroundDownloads:
         return None
 
     def warm_up(self) -> None:
-        """Import the audio libraries a completion needs (numpy, soundfile, soxr: ~0.5 s of import work holding the
-        GIL), once, in the background: started at the first submit, done long before the first job completes, so
-        the import does not land on a burst of completions."""
+        """Import the audio libraries a completion needs (numpy, soundfile, soxr, and pyloudnorm with scipy for the
+        preview's loudness: ~1.5 s of import work holding the GIL), once, in the background: started at the first
+        submit, done long before the first job completes, so the import does not land on a burst of completions.
+        Then the heap built so far is frozen (`freeze_long_lived`)."""
         if not self._warmed and self._task_group is not None:
             self._warmed = True
             self._task_group.start_soon(self._warm, name="import audio libraries")
 
     async def _warm(self) -> None:
         try:
-            await anyio.to_thread.run_sync(_import_audio_libraries, limiter=audio_work_limiter())
+            await run_audio_work(_import_audio_libraries)
         except ImportError as exc:  # the first completion will say so with its context
             logger.warning("could not import the audio libraries: %s", exc)
+        freeze_long_lived()
 
     def running(self, request_id: str) -> bool:
         """Whether this job's audio is being downloaded right now."""
@@ -332,8 +336,25 @@ class BackgroundDownloads:
 
 def _import_audio_libraries() -> None:
     import numpy  # noqa: F401  # pyright: ignore[reportUnusedImport]
+    import pyloudnorm  # noqa: F401  # pyright: ignore[reportUnusedImport, reportMissingTypeStubs]
     import soundfile  # noqa: F401  # pyright: ignore[reportUnusedImport, reportMissingTypeStubs]
     import soxr  # noqa: F401  # pyright: ignore[reportUnusedImport, reportMissingTypeStubs]
+
+
+def freeze_long_lived() -> None:
+    """Move every object alive now out of the cyclic garbage collector's reach (`gc.freeze`): the modules, classes
+    and functions imported so far live as long as the process, yet each full collection walks all of them, with the
+    GIL held. With the SDK, numpy and scipy loaded that walk took 120-330 ms, the longest stalls of the event loop in
+    a burst of completions (benchmarks/concurrency.py --burst). Frozen objects are still freed when their last
+    reference goes; only cycles among them would stay, which modules and classes never become.
+
+    The youngest generation is also collected less often (every GC_YOUNG_THRESHOLD net allocations instead of 700):
+    a burst allocates a few hundred thousand short-lived objects (records, replies, results), and at the default
+    every tenth young collection was followed by an older one and every hundredth by a full one (36-55 ms each even
+    after the freeze); collected ten times less often, the burst sees no full collection at all."""
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), middle, old)
 
 
 async def _usable(record: JobRecord, *, verify: bool) -> bool:
@@ -378,4 +399,4 @@ def record_error(record: JobRecord, exc: MmaudioError) -> JobRecord:
     return record.model_copy(update={"error": error, "updated_at": utc_now()})
 
 
-__all__ = ["BackgroundDownloads", "JobFiles", "Limits", "record_error", "variant_path"]
+__all__ = ["BackgroundDownloads", "JobFiles", "Limits", "freeze_long_lived", "record_error", "variant_path"]

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
-import anyio.to_thread
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import (
     AudioContent,
@@ -21,7 +20,7 @@ from mcp.types import (
     TextContent,
 )
 
-from mmaudio_mcp.audio import audio_work_limiter
+from mmaudio_mcp.audio import run_audio_work
 from mmaudio_mcp.errors import MmaudioError
 from mmaudio_mcp.models import JobStatus
 from mmaudio_mcp.player import AUDIO_META_KEY, CHUNK_CAP, PEAKS_META_KEY, wav_peaks
@@ -109,9 +108,7 @@ async def make_preview(delivered: AudioFile, request_id: str, folder: Path) -> P
     dest = folder / f"{request_id}-{delivered.sha256[:16]}.ogg"
     if not await anyio.Path(dest).is_file():
         await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
-        await anyio.to_thread.run_sync(
-            process_file, Path(delivered.path), dest, PREVIEW_OPTIONS, limiter=audio_work_limiter()
-        )
+        await run_audio_work(process_file, Path(delivered.path), dest, PREVIEW_OPTIONS)
     return dest
 
 
@@ -245,9 +242,7 @@ async def with_player(result: CallToolResult, job: AudioJob, delivered: AudioFil
         "chunk_bytes": CHUNK_CAP,
     }
     try:
-        meta[PEAKS_META_KEY] = list(
-            await anyio.to_thread.run_sync(_cached_peaks, file.path, file.sha256, limiter=audio_work_limiter())
-        )
+        meta[PEAKS_META_KEY] = list(await run_audio_work(_cached_peaks, file.path, file.sha256))
     except (OSError, RuntimeError, ValueError) as exc:  # the text result stands without a waveform
         logger.warning("no waveform peaks for %s: %s", file.path, exc)
     result.meta = meta
