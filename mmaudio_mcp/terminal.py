@@ -390,6 +390,8 @@ async def _gateway_check(settings: Settings) -> dict[str, Any]:
 
     where = settings.gateway_url
     client = PixazoClient(None, settings.api_key or SecretStr("no-key"), where, timeout=10.0)
+    # The client retries a refused connection a few times; its retry notices say nothing to a person here.
+    logging.getLogger("stamina").setLevel(logging.ERROR)
     try:
         await client.status("mmaudio-v2-text-to-audio_doctor")
     except UnknownJobError:

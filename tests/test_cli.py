@@ -209,6 +209,22 @@ async def test_doctor_words_a_refused_key_as_the_pixazo_client_does(tmp_path: Pa
     assert wrong not in done.stdout + done.stderr
 
 
+def test_doctor_names_an_unreachable_gateway_without_retry_noise(tmp_path: Path) -> None:
+    """A gateway nobody answers at fails the gateway check with the client's sentence (what to check), and the
+    client's retries leave no log lines behind."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        gateway = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    done = run_cli(tmp_path, "doctor", "--json", env={"PIXAZO_GATEWAY_URL": gateway, "PIXAZO_API_KEY": "a-key"})
+    assert done.returncode == 1
+    [check] = [check for check in json.loads(done.stdout)["checks"] if check["name"] == "gateway"]
+    assert not check["ok"]
+    assert "Could not reach Pixazo" in check["detail"] and "PIXAZO_GATEWAY_URL" in check["detail"]
+    assert done.stderr == "", done.stderr
+
+
 def test_sse_without_sessions_is_refused_in_one_line_before_anything_starts(tmp_path: Path) -> None:
     """`serve --transport sse --stateless` is refused by the exposure check before the sandbox gateway starts, so
     the refusal is the only line the user sees."""
