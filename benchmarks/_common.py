@@ -223,7 +223,7 @@ def tuned_sandbox_argv(
     seed: int | None,
     webhook_tick: float | None,
     cache_audio: tuple[str, Sequence[int]] | None = None,
-    scale_timestamps: bool = False,
+    timestamp_quantum: float | None = None,
 ) -> list[str]:
     """The command for `_serve_tuned_sandbox` (below): the CLI's `sandbox` command exposes only --speed."""
     argv = [sys.executable, str(Path(__file__)), "sandbox", "--port", str(port), "--speed", str(speed)]
@@ -232,8 +232,8 @@ def tuned_sandbox_argv(
         argv += ["--seed", str(seed)]
     if webhook_tick is not None:
         argv += ["--webhook-tick", str(webhook_tick)]
-    if scale_timestamps:
-        argv.append("--scale-timestamps")
+    if timestamp_quantum is not None:
+        argv += ["--timestamp-quantum", str(timestamp_quantum)]
     if cache_audio is not None:
         argv += ["--cache-audio-prompt", cache_audio[0], "--cache-audio-durations", *map(str, cache_audio[1])]
     return argv
@@ -283,8 +283,8 @@ def _serve_tuned_sandbox(args: argparse.Namespace) -> None:
 
     from mmaudio_mcp.sandbox import SandboxConfig, create_sandbox
 
-    if args.scale_timestamps:
-        scale_sandbox_timestamps(args.speed)
+    if args.timestamp_quantum is not None:
+        scale_sandbox_timestamps(args.timestamp_quantum)
     if args.cache_audio_prompt:
         cache_sandbox_audio(args.cache_audio_prompt, args.cache_audio_durations)
     sandbox = create_sandbox(SandboxConfig(speed=args.speed, jitter=args.jitter, seed=args.seed))
@@ -309,7 +309,9 @@ if __name__ == "__main__":
     tuned.add_argument("--jitter", type=float, default=0.0)
     tuned.add_argument("--seed", type=int)
     tuned.add_argument("--webhook-tick", type=float)
-    tuned.add_argument("--scale-timestamps", action="store_true", help="timestamps precise to --speed seconds")
+    tuned.add_argument(
+        "--timestamp-quantum", type=float, help="plain timestamps precise to this many seconds (a real second, scaled)"
+    )
     tuned.add_argument("--cache-audio-prompt", help="synthesize this prompt's WAVs once, at start (see above)")
     tuned.add_argument("--cache-audio-durations", type=int, nargs="*", default=[])
     _serve_tuned_sandbox(parser.parse_args())

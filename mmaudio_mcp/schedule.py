@@ -163,23 +163,30 @@ def next_poll_delay(
     Wait until the job may end (the expected time less its spread), then poll in short steps through the window
     where it is likely to end (so a completion goes unnoticed for at most one step), then back off gently, growing
     with how overdue it is up to a ceiling that scales with the job (a 2-minute job running late is not polled every
-    0.5 s). While nothing is learned the prior may be 4x off either way: probe early, at fractions of its guess."""
+    0.5 s). While nothing is learned the prior may be 4x off either way: probe at fractions of its guess instead."""
     if not policy.adaptive:
         return policy.floor
     spread = policy.prior_spread if spread is None else spread
     early, late = expected * (1 - spread), expected * (1 + spread)
     step = min(max(policy.window_step * expected, policy.floor), max(policy.window_step_cap, policy.floor))
+    if not learned:
+        return _probe_delay(elapsed, expected, policy)
     if elapsed < late:
         due = _window_poll(max(elapsed, early), late, step)
         if due - elapsed < 0.2 * step and due < late:
             due += step  # just polled at (or a hair before) this point of the grid
-        if not learned and elapsed < early:
-            probe = max(expected * policy.explore, policy.floor)
-            due = min(due, (int(elapsed / probe) + 1) * probe)
-        return min(max(due - elapsed, min(step, policy.floor)), policy.first_poll_cap)
+        return min(max(due - elapsed, policy.floor), policy.first_poll_cap)
     overdue = elapsed - late
     ceiling = max(policy.ceiling, 0.1 * expected)
     return min(step + 0.1 * overdue, ceiling)
+
+
+def _probe_delay(elapsed: float, expected: float, policy: PollPolicy) -> float:
+    """Before any job has finished, the guess may be 4x off either way, so its window is no place for short steps:
+    probe at even fractions of it, before, through and after it, until the first job to finish teaches the rate (a
+    long job's probes at most every tenth of it, as when overdue)."""
+    probe = min(max(expected * policy.explore, policy.floor), max(policy.ceiling, 0.1 * expected))
+    return min((int(elapsed / probe) + 1) * probe - elapsed, policy.first_poll_cap)
 
 
 def _window_poll(after: float, late: float, step: float) -> float:

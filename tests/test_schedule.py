@@ -88,12 +88,14 @@ def test_a_typical_job_takes_few_polls_when_the_estimate_and_spread_are_right() 
 
 
 def test_while_nothing_is_learned_the_schedule_probes_early() -> None:
-    """A fresh install does not trust its prior (the service may be 4x faster): it polls at a quarter of the guess,
-    then every quarter, instead of once at the guessed end."""
+    """A fresh install does not trust its prior (the service may be 4x faster or slower): it polls at a quarter of
+    the guess, then every quarter, before, through and after the guessed end, instead of once at the guessed end or
+    in short steps through a window the guess may have misplaced."""
     assert next_poll_delay(0.0, 20.0, POLICY, learned=False) == 5.0
     assert next_poll_delay(5.0, 20.0, POLICY, learned=False) == 5.0
-    assert next_poll_delay(10.0, 20.0, POLICY, learned=False) == pytest.approx(4.8)  # up to the window (14-26 s)
-    assert next_poll_delay(14.0, 20.0, POLICY, learned=False) == next_poll_delay(14.0, 20.0, POLICY)
+    assert next_poll_delay(15.2, 20.0, POLICY, learned=False) == pytest.approx(4.8)  # in the window: no short steps
+    assert next_poll_delay(41.0, 20.0, POLICY, learned=False) == pytest.approx(4.0)  # 4x the guess: still quarters
+    assert next_poll_delay(0.0, 200.0, POLICY, learned=False) == 20.0  # a long job: a tenth of it, as when overdue
 
 
 def test_a_fixed_policy_polls_at_its_interval_whatever_happens() -> None:
