@@ -59,6 +59,11 @@ class Limits:
     download_seconds: float = 120.0
     """A whole media download, however slowly the CDN drips it."""
     max_media_bytes: int = DEFAULT_MAX_BYTES
+    downloads_at_once: int = 8
+    """Media downloads streaming at once in this process; more wait their turn (their time limit starts then).
+    Each chunk of each stream is handled on the event loop: 200 jobs completing together started 200 streams (plus
+    their file, decode and database steps) in the same second, and a concurrent request waited 50-110 ms behind
+    them; 8 streams keep that queue short and still fill the line (a burst's audio is bandwidth-bound anyway)."""
 
 
 GC_YOUNG_THRESHOLD: Final = 10_000
@@ -91,6 +96,7 @@ class JobFiles:
         self._refresh = refresh
         self._locks: dict[str, anyio.Lock] = {}
         self._output_checked = False
+        self._streams = anyio.CapacityLimiter(limits.downloads_at_once)
 
     @asynccontextmanager
     async def _job_lock(self, request_id: str) -> AsyncGenerator[None]:
@@ -202,12 +208,14 @@ class JobFiles:
             if removed := await remove_stale_parts(self._output_dir):
                 logger.info("removed %d interrupted download(s) from %s", removed, self._output_dir)
         cap, deadline = self._limits.max_media_bytes, self._limits.download_seconds
-        try:
-            with anyio.fail_after(deadline):
-                async with self._client.stream_media(record.media_url, max_bytes=cap) as chunks:
-                    return await save_audio(chunks, dest, max_bytes=cap)
-        except TimeoutError as exc:
-            raise MediaError(f"The audio download took longer than {deadline:g} s (the CDN is too slow).") from exc
+        async with self._streams:
+            try:
+                with anyio.fail_after(deadline):
+                    async with self._client.stream_media(record.media_url, max_bytes=cap) as chunks:
+                        return await save_audio(chunks, dest, max_bytes=cap)
+            except TimeoutError as exc:
+                message = f"The audio download took longer than {deadline:g} s (the CDN is too slow)."
+                raise MediaError(message) from exc
 
     async def variant(self, record: JobRecord, options: ProcessOptions) -> tuple[JobRecord, AudioFile]:
         """Return the processed variant, made once per job and options and reused while its checksum holds."""

@@ -11,12 +11,23 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
+import httpx2
 import pytest
+from mcp import Client
 
 from mmaudio_mcp.audio import AUDIO_WORK_NICENESS, AUDIO_WORK_THREADS, run_audio_work
-from mmaudio_mcp.files import GC_YOUNG_THRESHOLD
+from mmaudio_mcp.files import GC_YOUNG_THRESHOLD, Limits
+from mmaudio_mcp.server import build_server
+from tests.conftest import POLICY
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from mmaudio_mcp.sandbox import Sandbox
+    from mmaudio_mcp.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,3 +138,58 @@ def test_the_first_submit_imports_the_preview_libraries_and_freezes_the_long_liv
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["(False,", "0)", "True", "True", str(GC_YOUNG_THRESHOLD)]
+
+
+class SlowMedia(httpx2.AsyncBaseTransport):
+    """The sandbox, except that each media body starts 0.2 s late (a distant CDN); counts the streams open at once."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.open = self.most = self.fetched = 0
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self.inner.handle_async_request(request)
+        if not request.url.path.startswith("/cdn/"):
+            return response
+        self.open += 1
+        self.most = max(self.most, self.open)
+        self.fetched += 1
+        return httpx2.Response(response.status_code, headers=response.headers, stream=_Late(self, response))
+
+
+class _Late(httpx2.AsyncByteStream):
+    def __init__(self, counter: SlowMedia, response: httpx2.Response) -> None:
+        self.counter = counter
+        self.response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        await anyio.sleep(0.2)
+        async for chunk in self.response.aiter_raw():
+            yield chunk
+
+    async def aclose(self) -> None:
+        self.counter.open -= 1
+        await self.response.aclose()
+
+
+async def test_a_burst_of_completions_streams_at_most_downloads_at_once_media_files_together(
+    settings: Settings, sandbox: Sandbox
+) -> None:
+    """Six jobs completing together: every file arrives, but no more than Limits.downloads_at_once (here 2) stream
+    at once, so a burst does not put every job's chunks on the event loop in the same moment."""
+    media = SlowMedia(httpx2.ASGITransport(app=sandbox.app))
+    server = build_server(settings, http_transport=media, policy=POLICY, limits=Limits(downloads_at_once=2))
+    results: list[dict[str, object]] = []
+    async with Client(server) as client:
+
+        async def one() -> None:
+            reply = await client.call_tool("generate_audio", {"prompt": "a bell", "duration": 2, "wait_seconds": 30})
+            results.append(reply.structured_content or {})
+
+        async with anyio.create_task_group() as tasks:
+            for _ in range(6):
+                tasks.start_soon(one)
+    assert [result.get("status") for result in results] == ["COMPLETED"] * 6
+    assert all(result.get("file") for result in results)
+    assert media.fetched == 6
+    assert media.most == 2
