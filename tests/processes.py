@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +16,6 @@ import httpx2
 from anyio.streams.text import TextReceiveStream
 
 if TYPE_CHECKING:
-    import subprocess
     from collections.abc import AsyncIterator
     from pathlib import Path
 
@@ -35,6 +36,22 @@ def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path / "home")}
     env |= {"MMAUDIO_OUTPUT_DIR": str(tmp_path / "out"), "MMAUDIO_STATE_DIR": str(tmp_path / "state")}
     return env | extra
+
+
+def run_to_end(
+    argv: list[str], env: dict[str, str], *, timeout: float = 60, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command with no stdin until it exits (or `timeout` s), capturing its text output; never checks its code."""
+    return subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False, cwd=cwd
+    )
+
+
+def run_cli(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m mmaudio_mcp *args` as a person would, in `server_env(tmp_path)` plus `env`."""
+    return run_to_end([sys.executable, "-m", "mmaudio_mcp", *args], server_env(tmp_path) | (env or {}), cwd=cwd)
 
 
 def wait_healthy(process: subprocess.Popen[Any], url: str, *, within: float = 30.0) -> None:

@@ -15,27 +15,10 @@ import pytest
 
 from mmaudio_mcp.audio import read_wav_info
 from mmaudio_mcp.cli import _parser, main  # pyright: ignore[reportPrivateUsage]
+from tests.processes import run_cli
 
 if TYPE_CHECKING:
     from mmaudio_mcp.settings import Settings
-
-
-def run_cli(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    base = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path / "home")}
-    base |= {"MMAUDIO_OUTPUT_DIR": str(tmp_path / "out"), "MMAUDIO_STATE_DIR": str(tmp_path / "state")}
-    env = base | (env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "mmaudio_mcp", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        check=False,
-        cwd=cwd,
-    )
 
 
 def test_generate_with_the_sandbox_prints_the_path_of_a_real_wav(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 
 from mmaudio_mcp.settings import Settings
 from tests.node_tools import NODE_DIR, http_server, install_node_packages, require_npm, server_env
+from tests.processes import run_to_end
 
 PROBE = str(NODE_DIR / "progress-probe.mjs")
 LONG_JOB = {"prompt": "thunderstorm over a city", "duration": 30, "num_steps": 100}  # ~4.6 s at speed 0.02
@@ -37,15 +37,7 @@ def probe(
         "TIMEOUT_MS": str(timeout_ms),
         "RESET_ON_PROGRESS": "1" if reset else "0",
     }
-    done = subprocess.run(
-        ["node", PROBE, *target],
-        env=probe_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    done = run_to_end(["node", PROBE, *target], probe_env, timeout=120)
     assert done.stdout, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
@@ -110,15 +102,7 @@ def test_the_typescript_example_agent_generates_and_prints_a_file(tmp_path: Path
     examples = NODE_DIR.parent.parent / "examples"
     install_node_packages(examples)
     env = server_env(tmp_path) | {"MMAUDIO_COMMAND": f"{sys.executable} -m mmaudio_mcp"}
-    done = subprocess.run(
-        ["node", str(examples / "agent.mjs"), "a bell rings"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    done = run_to_end(["node", str(examples / "agent.mjs"), "a bell rings"], env, timeout=120)
     assert done.returncode == 0, done.stderr
     path = Path(done.stdout.strip().splitlines()[-1])
     assert path.is_file()
