@@ -141,7 +141,7 @@ def test_the_first_submit_imports_the_preview_libraries_and_freezes_the_long_liv
 
 
 class SlowMedia(httpx2.AsyncBaseTransport):
-    """The sandbox, except that each media body starts 0.2 s late (a distant CDN); counts the streams open at once."""
+    """The sandbox, except that each media body starts 0.5 s late (a distant CDN); counts the streams open at once."""
 
     def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
         self.inner = inner
@@ -163,7 +163,7 @@ class _Late(httpx2.AsyncByteStream):
         self.response = response
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        await anyio.sleep(0.2)
+        await anyio.sleep(0.5)
         async for chunk in self.response.aiter_raw():
             yield chunk
 
