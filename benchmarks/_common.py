@@ -268,8 +268,10 @@ def scale_sandbox_timestamps(scale: float) -> None:
     from mmaudio_mcp import sandbox
 
     def plain_utc(moment: float) -> str:
-        quantized = round(moment / scale) * scale
-        return datetime.fromtimestamp(quantized, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        stamp = datetime.fromtimestamp(round(moment / scale) * scale, UTC)
+        if stamp.microsecond == 0:  # else the server takes it for a truncated whole-second stamp and adds 0.5 s
+            stamp = stamp.replace(microsecond=1)
+        return stamp.strftime("%Y-%m-%d %H:%M:%S.%f")
 
     sandbox._plain_utc = plain_utc  # pyright: ignore[reportPrivateUsage]
 

@@ -225,8 +225,16 @@ class Pollers:
             if slept.cancelled_caught or not watch.replanned:
                 return
             watch.replanned = False
-            if watch.waiters == 0 or elapsed_seconds(watch.record) >= self._expected(watch.record):
+            if watch.waiters == 0 or (self._overdue(watch.record) and not self._just_polled(watch.record)):
                 return
+
+    def _overdue(self, record: JobRecord) -> bool:
+        return elapsed_seconds(record) >= self._expected(record)
+
+    def _just_polled(self, record: JobRecord) -> bool:
+        """Polled less than the shortest pause ago: a replan then waits for the new schedule, not a second poll."""
+        last = record.polled_at
+        return last is not None and (datetime.now(UTC) - last).total_seconds() < self._policy.floor
 
     async def _poll_once(self, watch: _Watch) -> None:
         try:

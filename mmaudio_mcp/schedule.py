@@ -17,8 +17,10 @@ if TYPE_CHECKING:
 
 MIN_SPREAD: Final = 0.03
 """The narrowest window trusted, as a fraction of the expected time, however steady past jobs were."""
-MIN_SPREAD_HISTORY: Final = 5
+MIN_SPREAD_HISTORY: Final = 3
 """Finished jobs needed before their spread replaces the prior's (one job already replaces the prior's rate)."""
+MIN_FIT_HISTORY: Final = 5
+"""Finished jobs needed before they fit a line of their own (fewer scale the prior's)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def learn(history: Iterable[JobRecord], policy: PollPolicy) -> Learned:
     than one job's jitter. One job, or jobs of one shape, scale the whole prior (overhead included), as a busier or
     idler service does; jobs of several shapes fit a line of their own (Theil-Sen: medians, so an odd slow or
     queued job does not drag it), since the upstream's fixed cost and per-step cost need not keep the prior's
-    proportions. The spread of single jobs around it needs a few more jobs."""
+    proportions. The spread of single jobs around it needs a few more jobs (three, and it is widened while few)."""
     runs = [
         (_units(record.params), record.run_seconds)
         for record in history
@@ -104,7 +106,7 @@ def learn(history: Iterable[JobRecord], policy: PollPolicy) -> Learned:
     learned = Learned(factor * policy.prior_seconds_per_unit, policy.prior_spread, len(runs))
     if len(runs) < MIN_SPREAD_HISTORY:
         return learned
-    line = _fit_line(runs)
+    line = _fit_line(runs) if len(runs) >= MIN_FIT_HISTORY else None
     if line is not None:
         learned = replace(learned, rate=line[1], overhead=line[0])
     return replace(learned, spread=_spread(runs, learned, policy))
@@ -130,7 +132,8 @@ def _spread(runs: list[tuple[float, float]], learned: Learned, policy: PollPolic
         for units, seconds in runs
         if (expected := _expected_for(units, learned, policy)) > 0
     ]
-    return min(max(max(strays, default=0.0), MIN_SPREAD), 0.5)
+    margin = 1 + 2 / len(runs)  # a few jobs seldom show the widest stray there is: widen it while they are few
+    return min(max(max(strays, default=0.0) * margin, MIN_SPREAD), 0.5)
 
 
 def seconds_per_unit(history: Iterable[JobRecord], policy: PollPolicy) -> float:

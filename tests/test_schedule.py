@@ -176,4 +176,45 @@ def test_the_whole_second_stamps_blur_is_not_taken_for_jitter() -> None:
     blurred = [finished(5.0 + blur, 2, 25) for blur in (-0.45, 0.3, 0.0, 0.45, -0.2)]
     assert learn(blurred, POLICY).spread == MIN_SPREAD
     erratic = [*blurred[:4], finished(7.0, 2, 25)]
-    assert learn(erratic, POLICY).spread == pytest.approx((7.0 - 5.3 - 0.5) / 5.3)  # the median job took 5.3 s
+    widened = 1 + 2 / 5  # five jobs seldom show the widest stray there is
+    assert learn(erratic, POLICY).spread == pytest.approx((7.0 - 5.3 - 0.5) / 5.3 * widened)  # the median: 5.3 s
+
+
+def test_three_steady_jobs_narrow_the_window_and_a_few_are_not_trusted_as_much_as_many() -> None:
+    """The prior's 30% stands only until three jobs are done; the stray they show is widened while jobs are few."""
+    three = learn([finished(20.0 * factor) for factor in (0.9, 1.0, 1.1)], POLICY)
+    many = learn([finished(20.0 * factor) for factor in (0.9, 1.0, 1.1) * 10], POLICY)
+    assert MIN_SPREAD < many.spread < three.spread < POLICY.prior_spread
+    assert many.spread == pytest.approx((2.0 - 0.5) / 20.0 * (1 + 2 / 30))
+
+
+async def test_a_replan_right_after_a_poll_waits_for_the_new_schedule_instead_of_polling_again() -> None:
+    """In a batch, what the first jobs teach moves every estimate: a job polled a moment ago is not polled again
+    at once because it now looks overdue (the next poll follows the new schedule)."""
+    import anyio
+
+    from mmaudio_mcp.polling import Pollers
+
+    polls: list[float] = []
+    first = anyio.Event()
+
+    async def step(record: JobRecord) -> JobRecord:
+        polls.append(anyio.current_time())
+        first.set()
+        return record.model_copy(update={"polled_at": datetime.now(UTC), "status": JobStatus.PROCESSING})
+
+    now = datetime.now(UTC)
+    job = JobRecord(
+        local_id="l", request_id="due", status=JobStatus.QUEUED, created_at=now, updated_at=now, submitted_at=now
+    )
+    expected = {"value": 0.3}
+    policy = PollPolicy(floor=1.0, window_step_cap=1.0)
+    async with Pollers(step, lambda _record: expected["value"], policy) as pollers, anyio.create_task_group() as tasks:
+        tasks.start_soon(pollers.wait, job, 3600, None)
+        with anyio.fail_after(20):
+            await first.wait()
+        expected["value"] = 0.2  # something finished: the job now looks overdue
+        pollers.replan()
+        await anyio.sleep(0.5)
+        assert len(polls) == 1
+        tasks.cancel_scope.cancel()
