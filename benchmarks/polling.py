@@ -608,7 +608,7 @@ def parse_args() -> argparse.Namespace:
         action="store_false",
         help="keep the sandbox's whole-second completed_at (by default its precision is scaled by s, like time)",
     )
-    parser.add_argument("--mode-timeout", type=float, default=120.0, help="hard limit per mode, seconds")
+    parser.add_argument("--mode-timeout", type=float, default=300.0, help="hard limit per mode, seconds")
     args = parser.parse_args()
     if args.matrix:
         args.scenarios = list(SCENARIOS)
