@@ -20,7 +20,9 @@ MIN_SPREAD: Final = 0.03
 MIN_SPREAD_HISTORY: Final = 3
 """Finished jobs needed before their spread replaces the prior's (one job already replaces the prior's rate)."""
 MIN_FIT_HISTORY: Final = 5
-"""Finished jobs needed before they fit a line of their own (fewer scale the prior's)."""
+"""Finished jobs (and pairs of them far enough apart) needed before they fit a line of their own."""
+FIT_SPAN: Final = 10.0
+"""How many stamp precisions apart two jobs' times should be for their slope to count in the line."""
 
 
 @dataclass(frozen=True)
@@ -106,21 +108,24 @@ def learn(history: Iterable[JobRecord], policy: PollPolicy) -> Learned:
     learned = Learned(factor * policy.prior_seconds_per_unit, policy.prior_spread, len(runs))
     if len(runs) < MIN_SPREAD_HISTORY:
         return learned
-    line = _fit_line(runs) if len(runs) >= MIN_FIT_HISTORY else None
+    line = _fit_line(runs, learned.rate, policy) if len(runs) >= MIN_FIT_HISTORY else None
     if line is not None:
         learned = replace(learned, rate=line[1], overhead=line[0])
     return replace(learned, spread=_spread(runs, learned, policy))
 
 
-def _fit_line(runs: list[tuple[float, float]]) -> tuple[float, float] | None:
-    """(overhead, rate) of the Theil-Sen line through (units, seconds), or None if the jobs do not span shapes or
-    the line makes no sense (a job that costs less the more it does)."""
-    slopes = [(s2 - s1) / (u2 - u1) for (u1, s1), (u2, s2) in itertools.combinations(runs, 2) if u2 != u1]
-    if not slopes:
+def _fit_line(runs: list[tuple[float, float]], rate: float, policy: PollPolicy) -> tuple[float, float] | None:
+    """(overhead, rate) of the Theil-Sen line through (units, seconds), or None if the jobs do not span shapes far
+    enough apart or the line makes no sense (a job that costs less the more it does). Only pairs whose times should
+    differ by FIT_SPAN stamp precisions count (by the scaled prior's `rate`): two short jobs' slope is mostly the
+    stamps' blur, and extrapolated to a long job it would misplace its window by far more than its jitter."""
+    span = FIT_SPAN * policy.stamp_precision / rate
+    slopes = [(s2 - s1) / (u2 - u1) for (u1, s1), (u2, s2) in itertools.combinations(runs, 2) if abs(u2 - u1) >= span]
+    if len(slopes) < MIN_FIT_HISTORY:
         return None
-    rate = statistics.median(slopes)
-    overhead = statistics.median(seconds - rate * units for units, seconds in runs)
-    return (overhead, rate) if rate > 0 and overhead >= 0 else None
+    slope = statistics.median(slopes)
+    overhead = statistics.median(seconds - slope * units for units, seconds in runs)
+    return (overhead, slope) if slope > 0 and overhead >= 0 else None
 
 
 def _spread(runs: list[tuple[float, float]], learned: Learned, policy: PollPolicy) -> float:

@@ -218,3 +218,15 @@ async def test_a_replan_right_after_a_poll_waits_for_the_new_schedule_instead_of
         await anyio.sleep(0.5)
         assert len(polls) == 1
         tasks.cancel_scope.cancel()
+
+
+def test_short_jobs_blurred_by_whole_second_stamps_do_not_draw_a_line_for_long_ones() -> None:
+    """Six jobs of 3-6 s measured to +-0.5 s would give a slope that is mostly blur; extrapolated to a 2-minute job
+    it would misplace its window by far more than its jitter. They scale the prior instead, until jobs of shapes far
+    enough apart are done."""
+    truth = [(2, 10, 0.4), (4, 10, -0.4), (2, 25, 0.3), (4, 25, -0.3), (2, 50, -0.45), (8, 10, 0.45)]
+    short = [finished(3.0 + 0.075 * d * s + blur, d, s) for d, s, blur in truth]
+    learned = learn(short, POLICY)
+    assert learned.overhead is None
+    long_job = GenerationParams(prompt="x", duration=30, num_steps=50)
+    assert learned.expected(long_job, POLICY) == pytest.approx(3.0 + 0.075 * 1500, rel=0.1)
