@@ -245,8 +245,8 @@ def _add_saving(parser: argparse.ArgumentParser) -> None:
     saving.add_argument("--format", choices=["wav", "flac", "ogg", "mp3"], default="wav", help="default wav")
     saving.add_argument("--sample-rate", type=int, help="resample, e.g. 48000")
     saving.add_argument("--channels", type=int, choices=[1, 2], help="1 mono, 2 stereo")
-    # Alone, --normalize gives True, read as processing.DEFAULT_TARGET_LUFS (not imported here: the audio stack's
-    # import would slow every start, --help included; test_cli checks that this help names the same number).
+    # Alone, --normalize gives True, read as processing_options.DEFAULT_TARGET_LUFS (not imported here: the audio
+    # stack's import would slow every start, --help included; test_cli checks that this help names the same number).
     saving.add_argument(
         "--normalize", nargs="?", type=float, const=True, metavar="LUFS", help="loudness target (default -16)"
     )

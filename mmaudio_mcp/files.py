@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from mmaudio_mcp.objects import ObjectStorage
     from mmaudio_mcp.pixazo import PixazoClient
-    from mmaudio_mcp.processing import ProcessedAudio, ProcessOptions
+    from mmaudio_mcp.processing_options import ProcessedAudio, ProcessOptions
     from mmaudio_mcp.store import JobStore, Leases
 
 logger = logging.getLogger(__name__)

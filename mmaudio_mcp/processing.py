@@ -41,7 +41,7 @@ numpy, soundfile, soxr and pyloudnorm (with scipy) are imported only inside the 
 server starts without them, and most calls never process audio.
 
 The options and results are in `processing_options`, the signal steps in `processing_dsp`, reading, encoding
-and publishing files in `processing_encode`; the public names are importable from here.
+and publishing files in `processing_encode`; this module runs the pipeline (`process_file`).
 """
 
 from __future__ import annotations
@@ -63,29 +63,14 @@ from mmaudio_mcp.processing_dsp import (
     trim_silence,
 )
 from mmaudio_mcp.processing_encode import check_encodable, encode_within, publish, read_audio
-from mmaudio_mcp.processing_options import (
-    DEFAULT_TARGET_LUFS,
-    MP3_SAMPLE_RATES,
-    AudioFormat,
-    ProcessedAudio,
-    ProcessOptions,
-    asked_options,
-)
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from mmaudio_mcp.processing_dsp import Audio
+    from mmaudio_mcp.processing_options import ProcessedAudio, ProcessOptions
 
-__all__ = [
-    "DEFAULT_TARGET_LUFS",
-    "MP3_SAMPLE_RATES",
-    "AudioFormat",
-    "ProcessOptions",
-    "ProcessedAudio",
-    "asked_options",
-    "process_file",
-]
+__all__ = ["process_file"]
 
 
 def process_file(source: Path, dest: Path, options: ProcessOptions) -> ProcessedAudio:

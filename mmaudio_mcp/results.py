@@ -24,7 +24,8 @@ from mmaudio_mcp.audio import run_audio_work
 from mmaudio_mcp.errors import MmaudioError
 from mmaudio_mcp.models import JobStatus
 from mmaudio_mcp.player import AUDIO_META_KEY, CHUNK_CAP, PEAKS_META_KEY, wav_peaks
-from mmaudio_mcp.processing import ProcessOptions, process_file
+from mmaudio_mcp.processing import process_file
+from mmaudio_mcp.processing_options import ProcessOptions
 
 if TYPE_CHECKING:
     from mmaudio_mcp.models import AudioFile, AudioJob, JobRecord

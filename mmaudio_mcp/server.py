@@ -70,7 +70,7 @@ from mmaudio_mcp.models import (
 )
 from mmaudio_mcp.placement import Destination, resolve_destination
 from mmaudio_mcp.player import CHUNK_CAP, PLAYER_URI, player_html, read_chunk
-from mmaudio_mcp.processing import ProcessOptions
+from mmaudio_mcp.processing_options import ProcessOptions
 from mmaudio_mcp.results import (
     MIME_TYPES,
     PREVIEW_NAME,

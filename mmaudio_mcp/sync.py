@@ -45,7 +45,7 @@ from mmaudio_mcp.models import (
     explain_validation_error,
 )
 from mmaudio_mcp.placement import resolve_destination
-from mmaudio_mcp.processing import asked_options
+from mmaudio_mcp.processing_options import asked_options
 
 if TYPE_CHECKING:
     import argparse
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
     from mmaudio_mcp.jobs import JobService
     from mmaudio_mcp.models import AudioFile, AudioJob
-    from mmaudio_mcp.processing import ProcessOptions
+    from mmaudio_mcp.processing_options import ProcessOptions
     from mmaudio_mcp.settings import Settings
 
 LOCK_SUFFIX: Final = ".lock.json"

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from mmaudio_mcp.jobs import JobService
     from mmaudio_mcp.models import AudioJob, GenerationParams, JobRecord
-    from mmaudio_mcp.processing import ProcessOptions
+    from mmaudio_mcp.processing_options import ProcessOptions
     from mmaudio_mcp.schedule import PollPolicy
     from mmaudio_mcp.settings import Settings
 
@@ -197,7 +197,7 @@ def require_key(args: argparse.Namespace, settings: Settings) -> None:
 
 def processing_options(args: argparse.Namespace) -> ProcessOptions:
     """The processing the command line asked for (none by default)."""
-    from mmaudio_mcp.processing import asked_options
+    from mmaudio_mcp.processing_options import asked_options
 
     return asked_options(args, args.normalize)
 

@@ -79,7 +79,7 @@ def test_serve_help_names_every_transport_the_settings_know(capsys: pytest.Captu
 def test_normalize_alone_aims_at_the_default_target_that_its_help_names(capsys: pytest.CaptureFixture[str]) -> None:
     """`--normalize` without a number normalizes to processing's DEFAULT_TARGET_LUFS, the number `--help` shows
     (the CLI spells the number in its help without importing the audio stack)."""
-    from mmaudio_mcp.processing import DEFAULT_TARGET_LUFS
+    from mmaudio_mcp.processing_options import DEFAULT_TARGET_LUFS
     from mmaudio_mcp.terminal import processing_options
 
     with pytest.raises(SystemExit):

@@ -17,7 +17,8 @@ import soundfile as sf  # pyright: ignore[reportMissingTypeStubs]  # typed inlin
 from pydantic import ValidationError
 
 from mmaudio_mcp.errors import InvalidArgumentError, InvalidAudioError
-from mmaudio_mcp.processing import DEFAULT_TARGET_LUFS, ProcessedAudio, ProcessOptions, asked_options, process_file
+from mmaudio_mcp.processing import process_file
+from mmaudio_mcp.processing_options import DEFAULT_TARGET_LUFS, ProcessedAudio, ProcessOptions, asked_options
 
 if TYPE_CHECKING:
     from pathlib import Path
