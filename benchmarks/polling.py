@@ -303,10 +303,11 @@ class _Gateway:
 @asynccontextmanager
 async def _gateway(mode: Mode, args: argparse.Namespace, portal: BlockingPortal) -> AsyncGenerator[_Gateway]:
     """A fresh sandbox for one mode: in a child process (default) or on a thread of this process."""
-    scale: float = args.scenario.scale(args.scale) * args.scenario.speed_factor
+    world: float = args.scenario.scale(args.scale)  # the time scale of the prior's world
+    scale = world * args.scenario.speed_factor
     tick = max(SANDBOX_TICK * scale, 0.001) if mode.webhook else None
     # Pixazo's stamps have whole seconds however fast it runs: one second of the prior's world, not of the sandbox's
-    quantum = args.scenario.scale(args.scale) if args.scale_timestamps else None
+    quantum = world if args.scale_timestamps else None
     if args.sandbox == "process":
         port = free_port()
         argv = tuned_sandbox_argv(
@@ -346,6 +347,7 @@ async def _gateway(mode: Mode, args: argparse.Namespace, portal: BlockingPortal)
 async def run_mode(
     mode: Mode, mix: list[tuple[int, int]], args: argparse.Namespace, portal: BlockingPortal
 ) -> ModeResult:
+    scale: float = args.scenario.scale(args.scale)
     with tempfile.TemporaryDirectory(prefix=f"bench-polling-{mode.name}-") as tmp:
         async with _gateway(mode, args, portal) as gateway:
             # spend_cap=0: the guard (60 jobs an hour by default) would refuse most of a 120-job run
@@ -371,12 +373,12 @@ async def run_mode(
         completed=len(mix) - len(errors),
         failed=len(errors),
         wall_seconds=wall,
-        learned_rate=learned.rate / args.scenario.scale(args.scale) if mode.policy.adaptive else None,
+        learned_rate=learned.rate / scale if mode.policy.adaptive else None,
         learned_spread=learned.spread if mode.policy.adaptive else None,
         errors=errors[:5],
     )
-    _collect(result, jobs, measured, args.scenario.scale(args.scale))
-    result.schedules = _schedules(jobs, measured, shapes, args.scenario.scale(args.scale))
+    _collect(result, jobs, measured, scale)
+    result.schedules = _schedules(jobs, measured, shapes, scale)
     return result
 
 
@@ -536,6 +538,7 @@ def poll_floor(jitter: float, speed: float, durations: tuple[int, ...], steps: t
     job's end is uniform over its +-jitter window and nothing reveals where in it: even one that knows every
     window. A poll sees only the 1.5 s (0.5 s) of window before it, so covering 95% (50%) of the jobs needs at
     least window / 1.5 s (0.5 s) polls per covered job, spent on the narrowest windows first; every job needs one."""
+    # the jittered part of each job: its 1 s queue wait is not jittered
     windows = [2 * jitter * (TRUE_OVERHEAD - 1 + TRUE_RATE * d * s) * speed for d in durations for s in steps]
 
     def fewest(share: float, reach: float) -> float:

@@ -37,7 +37,7 @@ from mmaudio_mcp.models import AudioJob, JobError, JobRecord, JobStatus, NextSte
 from mmaudio_mcp.objects import ObjectStorage
 from mmaudio_mcp.pixazo import PixazoClient
 from mmaudio_mcp.polling import Pollers, elapsed_seconds
-from mmaudio_mcp.schedule import Learned, PollPolicy, eta_seconds, learn, progress_message
+from mmaudio_mcp.schedule import PollPolicy, eta_seconds, learn, progress_message
 from mmaudio_mcp.store import DEFAULT_LEASE_SECONDS, LeaseLostError, Leases, SqliteJobStore
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
     from mmaudio_mcp.models import GenerationParams, StatusReply
     from mmaudio_mcp.placement import Destination
-    from mmaudio_mcp.processing import ProcessOptions
+    from mmaudio_mcp.processing_options import ProcessOptions
     from mmaudio_mcp.settings import Settings
     from mmaudio_mcp.store import JobStore
 
@@ -135,7 +135,7 @@ class JobService:
         )
         self._webhook_jobs: dict[str, str] = {}
         self._keys: dict[str, SecretStr] = {}  # owner hash -> key, in memory only, to poll for absent callers
-        self._learned = Learned(self._policy.prior_seconds_per_unit, self._policy.prior_spread, 0)
+        self._learned = learn((), self._policy)  # the prior, until a job finishes
         self._rate_learned = False
         self._downloads = BackgroundDownloads(self._files)
 

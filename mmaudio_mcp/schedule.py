@@ -84,7 +84,7 @@ class Learned:
 
     def expected(self, params: GenerationParams | None, policy: PollPolicy) -> float:
         """How long a job with these parameters should take, by what was learned."""
-        return expected_seconds(params, self.rate, policy, overhead=self.overhead)
+        return _expected_for(_units(params), self, policy)
 
 
 def _units(params: GenerationParams | None) -> float:
@@ -141,26 +141,14 @@ def _spread(runs: list[tuple[float, float]], learned: Learned, policy: PollPolic
     return min(max(max(strays, default=0.0) * margin, MIN_SPREAD), 0.5)
 
 
-def seconds_per_unit(history: Iterable[JobRecord], policy: PollPolicy) -> float:
-    """The learned speed alone (see learn)."""
-    return learn(history, policy).rate
-
-
 def _prior_seconds_for(units: float, policy: PollPolicy) -> float:
     return policy.overhead_seconds + policy.prior_seconds_per_unit * units
 
 
 def _expected_for(units: float, learned: Learned, policy: PollPolicy) -> float:
+    """Seconds for a job of `units` by what was learned: its own fixed cost once known, else the prior's, scaled."""
     overhead = policy.overhead_seconds * learned.rate / policy.prior_seconds_per_unit
     return (overhead if learned.overhead is None else learned.overhead) + learned.rate * units
-
-
-def expected_seconds(
-    params: GenerationParams | None, rate: float, policy: PollPolicy, *, overhead: float | None = None
-) -> float:
-    """Estimate how long Pixazo takes for a job with these parameters, at `rate` seconds per (second x step) plus a
-    fixed `overhead` (by default the prior's, scaled with the rate against the prior's)."""
-    return _expected_for(_units(params), Learned(rate, 0.0, 0, overhead), policy)
 
 
 def next_poll_delay(
@@ -174,11 +162,11 @@ def next_poll_delay(
     0.5 s). While nothing is learned the prior may be 4x off either way: probe at fractions of its guess instead."""
     if not policy.adaptive:
         return policy.floor
+    if not learned:
+        return _probe_delay(elapsed, expected, policy)
     spread = policy.prior_spread if spread is None else spread
     early, late = expected * (1 - spread), expected * (1 + spread)
     step = min(max(policy.window_step * expected, policy.floor), max(policy.window_step_cap, policy.floor))
-    if not learned:
-        return _probe_delay(elapsed, expected, policy)
     if elapsed < late:
         due = _window_poll(max(elapsed, early), late, step)
         if due - elapsed < 0.2 * step and due < late:
@@ -234,10 +222,8 @@ __all__ = [
     "Learned",
     "PollPolicy",
     "eta_seconds",
-    "expected_seconds",
     "fallback_poll_delay",
     "learn",
     "next_poll_delay",
     "progress_message",
-    "seconds_per_unit",
 ]

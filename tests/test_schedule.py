@@ -10,11 +10,9 @@ from mmaudio_mcp.models import GenerationParams, JobRecord, JobStatus
 from mmaudio_mcp.schedule import (
     MIN_SPREAD,
     PollPolicy,
-    expected_seconds,
     learn,
     next_poll_delay,
     progress_message,
-    seconds_per_unit,
 )
 
 POLICY = PollPolicy()
@@ -30,15 +28,13 @@ def finished(run_seconds: float, duration: int = 8, num_steps: int = 25) -> JobR
 
 def test_a_new_install_uses_the_prior() -> None:
     """Without history, an 8 s / 25-step job is expected to take about 19 s."""
-    rate = seconds_per_unit([], POLICY)
-    assert expected_seconds(GenerationParams(prompt="x"), rate, POLICY) == 19.0
+    assert learn([], POLICY).expected(GenerationParams(prompt="x"), POLICY) == 19.0
 
 
 def test_the_rate_is_learned_from_history_and_robust_to_an_outlier() -> None:
     """The median of past jobs wins over the prior, and one very slow job does not drag it."""
     history = [finished(13.0), finished(13.0), finished(13.0), finished(300.0)]
-    rate = seconds_per_unit(history, POLICY)
-    assert expected_seconds(GenerationParams(prompt="x"), rate, POLICY) == 13.0
+    assert learn(history, POLICY).expected(GenerationParams(prompt="x"), POLICY) == 13.0
 
 
 def test_the_first_poll_waits_for_the_window_where_the_job_may_end_and_later_ones_are_short() -> None:
@@ -109,8 +105,8 @@ def test_one_finished_job_replaces_the_prior_and_a_few_teach_the_spread() -> Non
     jobs around it is learned from five."""
     one = learn([finished(19.0 / 4)], POLICY)  # a service 4x faster than the prior
     assert (one.samples, one.spread) == (1, POLICY.prior_spread)
-    assert expected_seconds(GenerationParams(prompt="x"), one.rate, POLICY) == pytest.approx(19.0 / 4)
-    assert expected_seconds(GenerationParams(prompt="x", duration=30), one.rate, POLICY) == pytest.approx(63.0 / 4)
+    assert one.expected(GenerationParams(prompt="x"), POLICY) == pytest.approx(19.0 / 4)
+    assert one.expected(GenerationParams(prompt="x", duration=30), POLICY) == pytest.approx(63.0 / 4)
     steady = learn([finished(13.0 + d) for d in (-0.2, -0.1, 0.0, 0.1, 0.2)], POLICY)
     assert steady.samples == 5 and steady.spread < POLICY.prior_spread
 
